@@ -1,0 +1,1 @@
+"""This project's own features: the fraud-detection set. Add a feature by adding a module here."""

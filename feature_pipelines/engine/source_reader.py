@@ -1,0 +1,84 @@
+"""Reads the source rows one computation needs: transformed, time-filtered, keyed and normalised to UTC."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import polars as pl
+
+from feature_pipelines.errors import DataError
+from feature_pipelines.keys import with_surrogate_key
+from feature_pipelines.spec.feature import Feature
+
+TS = "__ts"  # internal event-time column: Datetime('us', 'UTC')
+
+
+def read_events(feature: Feature, lo: datetime, hi: datetime, value_columns: list[str] | None) -> pl.DataFrame:
+    """Source rows with event time in [lo, hi), with join keys computed and event time in column `__ts`.
+
+    Naive source timestamps are read as UTC; aware ones are converted to UTC. The time filter is
+    applied to the lazy scan in the column's own dtype so polars pushes it into the reader.
+    `value_columns=None` keeps every column.
+    """
+    frame = feature.source.scan()
+    if feature.transform is not None:
+        frame = feature.transform(frame)
+        if not isinstance(frame, pl.LazyFrame):
+            raise DataError(f"feature {feature.name!r}: transform must return a polars LazyFrame, got {type(frame).__name__}")
+    try:
+        schema = frame.collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as err:
+        raise DataError(f"feature {feature.name!r}: cannot read source {feature.source.path!r}: {err}") from err
+    ts = feature.timestamp
+    if ts not in schema:
+        raise DataError(
+            f"feature {feature.name!r}: timestamp column {ts!r} is missing from source {feature.source.path!r}; "
+            f"columns are {list(schema)}"
+        )
+    dtype = schema[ts]
+    if not isinstance(dtype, pl.Datetime):
+        raise DataError(
+            f"feature {feature.name!r}: timestamp column {ts!r} has dtype {dtype}, expected Datetime "
+            "(naive values are read as UTC); parse it in a transform, e.g. pl.col(...).str.to_datetime()"
+        )
+    derived = feature.derived_keys
+    needed_keys = [k for k in feature.join_keys if k not in derived] + sorted({c for cols in derived.values() for c in cols})
+    required = list(dict.fromkeys(needed_keys + (value_columns or [])))
+    missing = [c for c in required if c not in schema]
+    if missing:
+        raise DataError(
+            f"feature {feature.name!r}: column(s) {missing} are missing from source {feature.source.path!r}; "
+            f"expected {required}, found {list(schema)}"
+        )
+    if dtype.time_zone is None:
+        lo_lit, hi_lit = (pl.lit(v.astimezone(timezone.utc).replace(tzinfo=None)) for v in (lo, hi))
+    else:
+        lo_lit, hi_lit = (pl.lit(v).dt.convert_time_zone(dtype.time_zone) for v in (lo, hi))
+    frame = frame.filter((pl.col(ts) >= lo_lit) & (pl.col(ts) < hi_lit))
+    if value_columns is not None:
+        frame = frame.select(list(dict.fromkeys([ts] + required)))
+    try:
+        events = frame.collect()
+    except pl.exceptions.PolarsError as err:
+        raise DataError(f"feature {feature.name!r}: reading source {feature.source.path!r} failed: {err}") from err
+    stamp = pl.col(ts).cast(pl.Datetime("us", dtype.time_zone))
+    stamp = stamp.dt.replace_time_zone("UTC") if dtype.time_zone is None else stamp.dt.convert_time_zone("UTC")
+    events = events.with_columns(stamp.alias(TS))
+    for key, cols in derived.items():
+        events = with_surrogate_key(events, key, list(cols))
+    _check_keys(feature, events)
+    return events
+
+
+def _check_keys(feature: Feature, events: pl.DataFrame) -> None:
+    for key in feature.join_keys:
+        column = events[key]
+        bad = column.is_null()
+        if column.dtype == pl.String:
+            bad = bad | (column.str.len_bytes() == 0)
+        if bad.any():
+            sample = events.filter(bad).head(3).to_dicts()
+            raise DataError(
+                f"feature {feature.name!r}: join key {key!r} is null or empty in {int(bad.sum())} source row(s), "
+                f"expected a value in every row; first offending rows: {sample}"
+            )

@@ -1,0 +1,166 @@
+"""Compiles feature specs into Dagster assets, blocking asset checks, jobs and schedules."""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+
+from feature_pipelines.engine import Engine, PolarsEngine
+from feature_pipelines.engine.source_reader import TS, read_events
+from feature_pipelines.spec.durations import duration_label, parse_duration
+from feature_pipelines.spec.feature import FEATURE_TIMESTAMP, Feature
+from feature_pipelines.spec.validators import Validator
+
+SAMPLE_ROWS = 5
+
+
+def partitions_def(feature: Feature) -> dg.TimeWindowPartitionsDefinition:
+    """The Dagster partitions matching the spec's granularity (UTC; weekly intervals start on Sunday)."""
+    grain = feature.grain
+    start = grain.key(feature.start)
+    end = grain.key(feature.end) if feature.end is not None else None
+    cls = {
+        "hourly": dg.HourlyPartitionsDefinition,
+        "daily": dg.DailyPartitionsDefinition,
+        "weekly": dg.WeeklyPartitionsDefinition,
+        "monthly": dg.MonthlyPartitionsDefinition,
+    }[feature.granularity]
+    kwargs = {"day_offset": 0} if feature.granularity == "weekly" else {}
+    if feature.granularity == "monthly":
+        kwargs = {"day_offset": 1}
+    return cls(start_date=start, end_date=end, timezone="UTC", **kwargs)
+
+
+def check_name(column: str, validator: Validator, taken: set[str]) -> str:
+    base = f"{column}__{validator.rule}"
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}_{n}", n + 1
+    taken.add(name)
+    return name
+
+
+def checks_of(feature: Feature) -> list[tuple[str, str, Validator]]:
+    """(check name, column, validator) for every validator of the feature, names unique."""
+    taken: set[str] = set()
+    return [(check_name(col, v, taken), col, v) for col, rules in feature.validators.items() for v in rules]
+
+
+def run_checks(feature: Feature, frames: dict[str, pl.DataFrame], key: dg.AssetKey) -> list[dg.AssetCheckResult]:
+    """Evaluate every validator on the run's output rows (or, for source columns, its source rows)."""
+    checks = checks_of(feature)
+    if not checks:
+        return []
+    output = pl.concat(list(frames.values()), how="vertical_relaxed") if frames else pl.DataFrame()
+    source_cols = sorted({col for _, col, _ in checks if col not in output.columns})
+    source = None
+    if source_cols:
+        grain = feature.grain
+        starts = sorted(grain.parse_key(k) for k in frames)
+        source = read_events(feature, starts[0], grain.next(starts[-1]), source_cols)
+    results = []
+    for name, column, validator in checks:
+        target, where = (output, "output") if column in output.columns else (source, "source")
+        failing = target.filter(validator.failing(pl.col(column)))
+        shown = [c for c in ([*feature.join_keys, column] + ([FEATURE_TIMESTAMP] if where == "output" else [TS])) if c in target.columns]
+        sample = failing.select(list(dict.fromkeys(shown))).head(SAMPLE_ROWS)
+        passed = failing.height == 0
+        results.append(
+            dg.AssetCheckResult(
+                asset_key=key,
+                check_name=name,
+                passed=passed,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=(
+                    f"{column} {validator.description}: all {target.height} {where} rows pass"
+                    if passed
+                    else f"{failing.height} of {target.height} {where} rows break '{column} {validator.description}' ({validator.rule})"
+                ),
+                metadata={
+                    "column": column,
+                    "rule": validator.rule,
+                    "checked_rows": target.height,
+                    "failing_rows": failing.height,
+                    "partitions": ", ".join(frames) if len(frames) <= 5 else f"{next(iter(frames))} … {list(frames)[-1]} ({len(frames)})",
+                    **({"sample": dg.MetadataValue.md(_markdown(sample))} if not passed else {}),
+                },
+            )
+        )
+    return results
+
+
+def _markdown(frame: pl.DataFrame) -> str:
+    head = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
+    return head + "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in frame.iter_rows())
+
+
+def build_feature_asset(feature: Feature, engine: Engine | None = None, io_manager_key: str = "feature_store") -> dg.AssetsDefinition:
+    """One time-partitioned asset per feature: code_version = config hash, validators as blocking checks.
+
+    Validators run before the output is handed to the IO manager: a failing partition raises and is
+    never written, so the offline store (and the online store fed from it) only holds checked data.
+    """
+    engine = engine or PolarsEngine()
+    key = dg.AssetKey(feature.name)
+    specs = [
+        dg.AssetCheckSpec(name=name, asset=key, blocking=True, description=f"{column} {v.description}")
+        for name, column, v in checks_of(feature)
+    ]
+    windows = sorted({duration_label(w) for m in feature.rolling for w in m.window_us}, key=lambda s: parse_duration(s))
+    metadata = {
+        "feature_pipelines/keys": feature.join_keys,
+        "feature_pipelines/timestamp": FEATURE_TIMESTAMP,
+        "feature_pipelines/config_hash": feature.config_hash,
+        "feature_pipelines/granularity": feature.granularity,
+        "feature_pipelines/kind": feature.kind,
+        "feature_pipelines/ttl": duration_label(feature.ttl_us) if feature.ttl_us else None,
+        "feature_pipelines/online": feature.online,
+        "entities": ", ".join(e.name for e in feature.entities),
+        "source": feature.source.path,
+        "windows": ", ".join(windows) or "-",
+    }
+
+    @dg.asset(
+        name=feature.name,
+        partitions_def=partitions_def(feature),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        code_version=feature.config_hash,
+        description=feature.description or None,
+        group_name=feature.group,
+        kinds={"polars", "parquet"},
+        tags=dict(feature.tags),
+        owners=[feature.owner] if feature.owner else None,
+        metadata=metadata,
+        check_specs=specs or None,
+        io_manager_key=io_manager_key,
+    )
+    def _asset(context):  # AssetExecutionContext (string annotations are not accepted here)
+        partition_keys = list(context.partition_keys)
+        context.log.info(f"computing {feature.name} for {len(partition_keys)} partition(s) with the {engine.name} engine")
+        frames = engine.compute(feature, partition_keys)
+        results = run_checks(feature, frames, key)
+        failed = [r for r in results if not r.passed]
+        if failed:
+            yield from results
+            raise dg.Failure(
+                description=f"{feature.name}: {len(failed)} blocking check(s) failed, nothing was written: "
+                + "; ".join(r.description for r in failed),
+                metadata={r.check_name: r.description for r in failed},
+            )
+        yield dg.Output(frames)
+        yield from results
+
+    return _asset
+
+
+def build_job_and_schedule(feature: Feature) -> tuple[dg.UnresolvedAssetJobDefinition, dg.ScheduleDefinition]:
+    """A partitioned job per feature and a schedule that materializes each new partition after it closes."""
+    job = dg.define_asset_job(f"{feature.name}_job", selection=dg.AssetSelection.assets(feature.name))
+    minute = 5 if feature.granularity == "hourly" else 0
+    hour = None if feature.granularity == "hourly" else 1
+    kwargs = {"minute_of_hour": minute} if hour is None else {"minute_of_hour": minute, "hour_of_day": hour}
+    schedule = dg.build_schedule_from_partitioned_job(job, description=f"Materializes each closed {feature.granularity} partition of {feature.name}", **kwargs)
+    return job, schedule
+
+
+__all__ = ["build_feature_asset", "build_job_and_schedule", "partitions_def", "run_checks"]

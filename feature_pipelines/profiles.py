@@ -1,0 +1,106 @@
+"""Profiles: `env/<name>.yaml` says where data lives for one environment (dev, staging, prod, ...).
+
+Selected by `--profile`, else `FEATURE_PIPELINES_PROFILE`, else `dev`. A profile may also be given as
+a path to a YAML file. `${VAR}` and `${VAR:-default}` are replaced from the environment; an unset
+variable without a default is an error naming it. Relative paths are relative to the project root
+(the folder holding `env/`), so they mean the same from any working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from feature_pipelines.errors import ProfileError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SECRET_WORDS = ("password", "secret", "token", "key", "credential")
+
+
+def env_dir() -> Path:
+    configured = os.environ.get("FEATURE_PIPELINES_ENV_DIR")
+    if configured:
+        return Path(configured).resolve()
+    for candidate in (Path.cwd() / "env", PROJECT_ROOT / "env"):
+        if candidate.is_dir():
+            return candidate
+    return PROJECT_ROOT / "env"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A resolved profile: its name, file and settings with variables substituted."""
+
+    name: str
+    path: Path
+    settings: dict
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent.parent
+
+    def offline_store(self):
+        """Build the offline store this profile selects."""
+        from feature_pipelines.store import LocalStore
+
+        cfg = dict(self.settings.get("offline_store") or {"kind": "local"})
+        kind = cfg.pop("kind", "local")
+        if kind == "local":
+            path = Path(cfg.pop("path", "./feature_store"))
+            return LocalStore(path if path.is_absolute() else self.root / path)
+        raise ProfileError(f"profile {self.name!r} ({self.path}): offline_store kind {kind!r} is not supported; expected 'local'")
+
+    def masked(self) -> dict:
+        """Settings with secret-looking values masked, for display."""
+        return _mask(self.settings)
+
+
+def load_profile(name: str | None = None) -> Profile:
+    name = name or os.environ.get("FEATURE_PIPELINES_PROFILE") or "dev"
+    path = Path(name) if name.endswith((".yaml", ".yml")) else env_dir() / f"{name}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in env_dir().glob("*.yaml"))
+        raise ProfileError(f"profile {name!r} not found at {path}; available profiles: {', '.join(available) or 'none'}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ProfileError(f"profile {name!r} ({path}) is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ProfileError(f"profile {name!r} ({path}) must be a mapping of settings")
+    return Profile(Path(name).stem, path.resolve(), _interpolate(raw, path))
+
+
+def _interpolate(value, path: Path):
+    if isinstance(value, dict):
+        return {k: _interpolate(v, path) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, path) for v in value]
+    if isinstance(value, str):
+
+        def sub(match: re.Match) -> str:
+            var, default = match.group(1), match.group(2)
+            if var in os.environ:
+                return os.environ[var]
+            if default is not None:
+                return default
+            raise ProfileError(f"profile {path} needs environment variable {var}, which is not set")
+
+        return _VAR.sub(sub, value)
+    return value
+
+
+def _mask(value, key: str = ""):
+    if isinstance(value, dict):
+        return {k: _mask(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v, key) for v in value]
+    if isinstance(value, str) and any(w in key.lower() for w in _SECRET_WORDS) and value:
+        return "****"
+    if isinstance(value, str):
+        return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1****@", value)
+    return value

@@ -1,0 +1,1 @@
+"""Declarative specs: entities, sources, features, metrics and validators. No Dagster here."""

@@ -1,0 +1,65 @@
+"""Sources: where a feature's raw events come from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from feature_pipelines.errors import DataError, DefinitionError
+
+FORMATS = ("parquet", "csv", "delta")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Event data at `path` (a file, a glob, or a Delta table directory) with event time in `timestamp`.
+
+    Scanned lazily so that a partition's time filter is pushed down into the reader.
+    """
+
+    path: str
+    timestamp: str = "timestamp"
+    format: str | None = None  # inferred from the path's suffix when not given
+    base: str | None = None  # folder a relative `path` is resolved against; not part of the definition's identity
+
+    def __post_init__(self) -> None:
+        fmt = self.format or _infer_format(self.location)
+        if fmt not in FORMATS:
+            raise DefinitionError(f"source {self.path!r}: format {fmt!r} is not supported; expected one of {FORMATS}")
+        object.__setattr__(self, "format", fmt)
+        if not isinstance(self.timestamp, str) or not self.timestamp:
+            raise DefinitionError(f"source {self.path!r}: timestamp must name a column")
+
+    @property
+    def location(self) -> str:
+        """The path to read: `path` itself, or `path` under `base` when it is relative."""
+        if self.base is None or "://" in self.path or Path(self.path).is_absolute():
+            return self.path
+        return str(Path(self.base) / self.path)
+
+    def scan(self) -> pl.LazyFrame:
+        """A lazy scan of the source; a missing path is a DataError naming it."""
+        where = self.location
+        if "://" not in where and not any(ch in where for ch in "*?[") and not Path(where).exists():
+            raise DataError(
+                f"source {where!r} does not exist (resolved to {Path(where).resolve()}); "
+                "generate the example data with `feature-pipelines generate` or fix the path"
+            )
+        if self.format == "parquet":
+            return pl.scan_parquet(where)
+        if self.format == "csv":
+            return pl.scan_csv(where, try_parse_dates=True)
+        return pl.scan_delta(where)
+
+
+def _infer_format(path: str) -> str:
+    lowered = path.lower().rstrip("/")
+    if lowered.endswith((".csv", ".csv.gz")):
+        return "csv"
+    if lowered.endswith(".parquet") or lowered.endswith("*.parquet"):
+        return "parquet"
+    if "://" not in path and (Path(path) / "_delta_log").is_dir():
+        return "delta"
+    return "parquet"

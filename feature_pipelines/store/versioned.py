@@ -1,0 +1,306 @@
+"""The versioned offline store: immutable partition files and one atomic commit point per feature.
+
+Layout under the store root::
+
+    <feature>/_latest.json                 the commit point: full manifest of the newest version
+    <feature>/<MAJOR.MINOR.PATCH>/.meta.json  that version's manifest (final once superseded)
+    <feature>/<MAJOR.MINOR.PATCH>/<partition>-<hash>.parquet   immutable partition data
+    .gitignore                             keeps data files out of git; metadata stays committable
+
+Every write is: put the data file (invisible until referenced), then compare-and-swap
+`_latest.json`. A writer that loses the race re-reads and retries, so two partitions written at
+once both survive and readers only ever see committed versions. Versioning rules:
+first build 1.0.0; MAJOR when a column is removed or changes dtype; MINOR when a column is added or
+the definition's config changes (the new version starts empty: old partitions were computed by a
+different definition); PATCH when an already-materialized partition gets different data (the new
+version inherits every other partition); identical data changes nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import polars as pl
+import xxhash
+
+from feature_pipelines.errors import StoreError
+from feature_pipelines.spec.names import check_identifier
+from feature_pipelines.store.blobs import Blobs
+
+FORMAT = 1
+LATEST = "_latest.json"
+META = ".meta.json"
+GITIGNORE = """# Written by feature_pipelines: data files stay out of git, metadata (*.json) is committable.
+*.parquet
+*.tmp
+.*.lock
+"""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def content_hash(frame: pl.DataFrame) -> str:
+    """Hash of a frame's values and schema (uncompressed Arrow IPC stream of one contiguous chunk)."""
+    buf = io.BytesIO()
+    frame.rechunk().write_ipc_stream(buf, compression="uncompressed")
+    return xxhash.xxh3_128_hexdigest(buf.getvalue())
+
+
+def schema_of(frame: pl.DataFrame) -> list[dict[str, str]]:
+    return [{"name": name, "dtype": str(dtype)} for name, dtype in frame.schema.items()]
+
+
+def _hash_json(value: Any) -> str:
+    return xxhash.xxh3_64_hexdigest(json.dumps(value, sort_keys=True, separators=(",", ":")).encode())
+
+
+def _bump(version: str, part: str) -> str:
+    major, minor, patch = (int(x) for x in version.split("."))
+    return {"major": f"{major + 1}.0.0", "minor": f"{major}.{minor + 1}.0", "patch": f"{major}.{minor}.{patch + 1}"}[part]
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in version.split("."))
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """What one partition write did: the version it landed in and why."""
+
+    feature: str
+    partition: str
+    version: str
+    bump: str  # initial | major | minor | patch | added | unchanged
+    reason: str
+    rows: int
+    content_hash: str
+    schema_hash: str
+    config_hash: str
+    path: str
+    uri: str
+
+
+class VersionedStore:
+    """Versioned, atomically committed partition storage for feature frames over any `Blobs`."""
+
+    def __init__(self, blobs: Blobs, *, description: str = "") -> None:
+        self.blobs = blobs
+        self.description = description or blobs.uri("")
+        if not blobs.exists(".gitignore"):
+            blobs.create(".gitignore", GITIGNORE.encode())
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def features(self) -> list[str]:
+        return [name for name in self.blobs.list_dirs("") if self.blobs.exists(f"{name}/{LATEST}")]
+
+    def latest(self, feature: str) -> dict | None:
+        """The newest version's manifest, or None if the feature was never written."""
+        found = self.blobs.read(f"{check_identifier(feature, 'feature name')}/{LATEST}")
+        return None if found is None else json.loads(found[0])
+
+    def manifest(self, feature: str, version: str | None = None) -> dict:
+        """Manifest of `version` (default: the newest); a StoreError lists the versions that exist."""
+        latest = self.latest(feature)
+        if latest is None:
+            raise StoreError(
+                f"feature {feature!r} has no data in {self.description}; materialize it first "
+                f"(e.g. `feature-pipelines build --features {feature}`)"
+            )
+        if version is None or version in ("latest", "_latest", latest["version"]):
+            return latest
+        if not re.fullmatch(r"\d+\.\d+\.\d+", version):
+            raise StoreError(f"version {version!r} of feature {feature!r} is not MAJOR.MINOR.PATCH, e.g. '1.0.0'")
+        found = self.blobs.read(f"{feature}/{version}/{META}")
+        if found is None or version not in self.versions(feature):
+            raise StoreError(f"feature {feature!r} has no version {version!r}; versions: {self.versions(feature)}")
+        return json.loads(found[0])
+
+    def versions(self, feature: str) -> list[str]:
+        """Committed versions, oldest first (follows parent links from the newest, skipping abandoned writes)."""
+        latest = self.latest(feature)
+        out = []
+        version = latest and latest["version"]
+        while version:
+            out.append(version)
+            found = self.blobs.read(f"{feature}/{version}/{META}") if version != latest["version"] else (json.dumps(latest).encode(), "")
+            version = json.loads(found[0]).get("parent_version") if found else None
+        return out[::-1]
+
+    def partition_files(self, feature: str, version: str | None = None, partitions: list[str] | None = None) -> list[str]:
+        """URIs of the data files of `partitions` (default all), in partition order."""
+        manifest = self.manifest(feature, version)
+        entries = manifest["partitions"]
+        if partitions is None:
+            keys = sorted(entries)
+        else:
+            missing = [p for p in partitions if p not in entries]
+            if missing:
+                have = sorted(entries)
+                span = f"{have[0]} … {have[-1]} ({len(have)} partitions)" if have else "none"
+                raise StoreError(
+                    f"feature {feature!r} version {manifest['version']} has no partition(s) {missing[:5]}; "
+                    f"materialized: {span}"
+                )
+            keys = list(partitions)
+        return [self.blobs.uri(f"{feature}/{entries[k]['file']}") for k in keys]
+
+    def scan(self, feature: str, version: str | None = None, partitions: list[str] | None = None) -> pl.LazyFrame:
+        """Lazy scan over a version's partition files, so column selection and filters push down."""
+        manifest = self.manifest(feature, version)
+        files = self.partition_files(feature, version, partitions)
+        if not files:
+            return pl.DataFrame(schema=_polars_schema(manifest)).lazy()
+        return pl.scan_parquet(files, **self.scan_options())
+
+    def scan_options(self) -> dict:
+        return {}
+
+    def read(self, feature: str, version: str | None = None, partitions: list[str] | None = None, columns: list[str] | None = None) -> pl.DataFrame:
+        frame = self.scan(feature, version, partitions)
+        return (frame.select(columns) if columns else frame).collect()
+
+    # ---- writing -------------------------------------------------------------------------
+
+    def write_partition(
+        self,
+        feature: str,
+        partition: str,
+        frame: pl.DataFrame,
+        *,
+        keys: list[str],
+        timestamp: str,
+        config_hash: str,
+        info: dict | None = None,
+    ) -> CommitResult:
+        """Store one partition's frame and commit it atomically; see the module docstring for versioning."""
+        check_identifier(feature, "feature name")
+        missing = [c for c in [*keys, timestamp] if c not in frame.columns]
+        if missing:
+            raise StoreError(f"feature {feature!r} partition {partition!r}: frame lacks key/timestamp column(s) {missing}")
+        schema = schema_of(frame)
+        digest = content_hash(frame)
+        rows = frame.height
+        data: bytes | None = None
+        for _ in range(100):
+            found = self.blobs.read(f"{feature}/{LATEST}")
+            current, token = (json.loads(found[0]), found[1]) if found else (None, None)
+            version, bump, reason = self._decide(current, partition, digest, schema, config_hash)
+            if bump == "unchanged":
+                entry = current["partitions"][partition]
+                return self._result(feature, partition, current, bump, reason, entry)
+            if bump in ("initial", "major", "minor"):
+                base_partitions: dict = {}
+            else:
+                base_partitions = dict(current["partitions"])
+            existing = base_partitions.get(partition, {}).get("file")
+            rel = f"{version}/{_safe(partition)}-{digest[:16]}.parquet"
+            if data is None:
+                data = _parquet_bytes(frame)
+            if not self.blobs.exists(f"{feature}/{rel}"):
+                self.blobs.put(f"{feature}/{rel}", data)
+            now = _now()
+            base_partitions[partition] = {"file": rel, "rows": rows, "content_hash": digest, "written_at": now}
+            new = {
+                "format": FORMAT,
+                "name": feature,
+                "version": version,
+                "parent_version": current["version"] if current and version != current["version"] else (current or {}).get("parent_version"),
+                "keys": list(keys),
+                "timestamp_column": timestamp,
+                "columns": schema,
+                "schema_hash": _hash_json(schema),
+                "config_hash": config_hash,
+                "info": info or {},
+                "created_at": now if not current or version != current["version"] else current["created_at"],
+                "updated_at": now,
+                "change": {"bump": bump, "reason": reason, "partition": partition, "replaced_file": existing},
+            }
+            new["partitions"] = dict(sorted(base_partitions.items()))
+            new["row_count"] = sum(p["rows"] for p in new["partitions"].values())
+            new["content_hash"] = _hash_json({k: v["content_hash"] for k, v in new["partitions"].items()})
+            blob = json.dumps(new, indent=1, sort_keys=False).encode()
+            if current is None:
+                committed = self.blobs.create(f"{feature}/{LATEST}", blob)
+            else:
+                if version != current["version"]:
+                    # Freeze the superseded version's manifest before the swap makes it history.
+                    self.blobs.put(f"{feature}/{current['version']}/{META}", found[0])
+                committed = self.blobs.swap(f"{feature}/{LATEST}", blob, token)
+            if committed:
+                self.blobs.put(f"{feature}/{version}/{META}", blob)
+                return self._result(feature, partition, new, bump, reason, new["partitions"][partition])
+        raise StoreError(f"feature {feature!r} partition {partition!r}: could not commit after 100 attempts (heavy contention?)")
+
+    def _result(self, feature: str, partition: str, manifest: dict, bump: str, reason: str, entry: dict) -> CommitResult:
+        return CommitResult(
+            feature=feature,
+            partition=partition,
+            version=manifest["version"],
+            bump=bump,
+            reason=reason,
+            rows=entry["rows"],
+            content_hash=entry["content_hash"],
+            schema_hash=manifest["schema_hash"],
+            config_hash=manifest["config_hash"],
+            path=f"{feature}/{entry['file']}",
+            uri=self.blobs.uri(f"{feature}/{entry['file']}"),
+        )
+
+    @staticmethod
+    def _decide(current: dict | None, partition: str, digest: str, schema: list, config_hash: str) -> tuple[str, str, str]:
+        if current is None:
+            return "1.0.0", "initial", "first build"
+        version = current["version"]
+        old = {c["name"]: c["dtype"] for c in current["columns"]}
+        new = {c["name"]: c["dtype"] for c in schema}
+        removed = [c for c in old if c not in new]
+        changed = [f"{c} {old[c]}→{new[c]}" for c in old if c in new and old[c] != new[c]]
+        added = [c for c in new if c not in old]
+        if removed or changed:
+            parts = ([f"column(s) removed: {', '.join(removed)}"] if removed else []) + (
+                [f"dtype changed: {', '.join(changed)}"] if changed else []
+            )
+            return _bump(version, "major"), "major", "; ".join(parts)
+        if added:
+            return _bump(version, "minor"), "minor", f"column(s) added: {', '.join(added)}"
+        if config_hash != current["config_hash"]:
+            return _bump(version, "minor"), "minor", f"definition changed (config {current['config_hash']} → {config_hash})"
+        entry = current["partitions"].get(partition)
+        if entry is None:
+            return version, "added", f"partition {partition} added"
+        if entry["content_hash"] == digest:
+            return version, "unchanged", f"partition {partition} unchanged"
+        return _bump(version, "patch"), "patch", f"partition {partition} data changed"
+
+
+def _safe(partition: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_-]", "", partition.replace(":", ""))
+
+
+def _parquet_bytes(frame: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    frame.write_parquet(buf, compression="zstd", statistics=True)
+    return buf.getvalue()
+
+
+_DTYPES = {"String": pl.String, "Float64": pl.Float64, "Int64": pl.Int64, "Boolean": pl.Boolean}
+
+
+def _polars_schema(manifest: dict) -> dict:
+    """Best-effort polars schema from a manifest, for an empty scan of a version with no partitions."""
+    out = {}
+    for column in manifest["columns"]:
+        dtype = column["dtype"]
+        if dtype.startswith("Datetime"):
+            out[column["name"]] = pl.Datetime("us", "UTC" if "UTC" in dtype else None)
+        else:
+            out[column["name"]] = _DTYPES.get(dtype, pl.String)
+    return out
