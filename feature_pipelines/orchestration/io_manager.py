@@ -64,7 +64,7 @@ class FeatureStoreIOManager(dg.ConfigurableIOManager):
         for key in partition_keys:
             frame = frames[key]
             result = store.write_partition(feature, key, frame, keys=keys, timestamp=timestamp, config_hash=config_hash, info=info)
-            context.log.info(f"{feature} {key}: {result.bump} → version {result.version} ({result.rows} rows)")
+            context.log.debug(f"{feature} {key}: {result.bump} → version {result.version} ({result.rows} rows)")
             metadata = commit_metadata(result, frame, store)
             if len(partition_keys) == 1:
                 context.add_output_metadata(metadata)

@@ -1,0 +1,155 @@
+"""Features compiled to Dagster assets, run through a real (SQLite) Dagster instance and the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from feature_pipelines import Entity, Feature, Rolling, Source, greater_than_or_equal, not_null
+from feature_pipelines.orchestration import build_definitions
+from feature_pipelines.registry import Registry
+from feature_pipelines.store import LocalStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _events(path: Path, bad_amount: bool = False) -> Path:
+    rng = np.random.default_rng(3)
+    n = 3000
+    ts = np.datetime64("2023-12-01T00:00:00", "us") + rng.integers(0, 70 * 86_400_000_000, n).astype("timedelta64[us]")
+    amount = rng.uniform(1, 100, n)
+    if bad_amount:
+        amount[(ts >= np.datetime64("2024-01-05")) & (ts < np.datetime64("2024-01-06"))] *= -1
+    pl.DataFrame({"customer_id": rng.integers(0, 40, n).astype(str), "ts": ts, "amount": amount}).write_parquet(path)
+    return path
+
+
+def _registry(source: Path) -> Registry:
+    registry = Registry()
+    registry.add(
+        Feature(
+            name="spend",
+            entities=[Entity("customer", join_key="customer_id")],
+            source=Source(str(source), timestamp="ts"),
+            start="2024-01-01",
+            metrics=[Rolling(["1d", "7d"], {"amount": ["sum", "count", "std"]})],
+            validators={"amount": [greater_than_or_equal(0)], "customer_id": [not_null()]},
+            owner="team:fraud",
+            tags={"domain": "fraud"},
+        )
+    )
+    return registry
+
+
+def _run(defs: dg.Definitions, instance: dg.DagsterInstance, first: str, last: str):
+    return defs.resolve_job_def("spend_job").execute_in_process(
+        instance=instance,
+        tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+        raise_on_error=False,
+    )
+
+
+def test_range_run_writes_each_partition_with_its_own_metadata(project: Path) -> None:
+    defs = build_definitions(_registry(_events(project / "events.parquet")))
+    with dg.DagsterInstance.get() as instance:
+        result = _run(defs, instance, "2024-01-01", "2024-01-10")
+        assert result.success
+        records = instance.fetch_materializations(dg.AssetKey("spend"), limit=100).records
+        assert sorted(r.partition_key for r in records) == [f"2024-01-{d:02d}" for d in range(1, 11)]
+        store = LocalStore(project / "store")
+        manifest = store.latest("spend")
+        for record in records:
+            meta = record.asset_materialization.metadata
+            entry = manifest["partitions"][record.partition_key]
+            assert meta["version"].value == "1.0.0"
+            assert meta["dagster/row_count"].value == entry["rows"]
+            assert meta["content_hash"].value == entry["content_hash"]
+            assert meta["dagster/uri"].value.endswith(entry["file"])
+            assert {c.name for c in meta["dagster/column_schema"].schema.columns} >= {"customer_id", "amount_sum_7d"}
+        # The partition loads back through the IO manager, alone and as part of the whole asset.
+        one = defs.load_asset_value("spend", partition_key="2024-01-03", instance=instance)
+        assert isinstance(one, pl.DataFrame) and one.height == manifest["partitions"]["2024-01-03"]["rows"]
+        assert one["feature_timestamp"].unique().to_list() == [datetime.fromisoformat("2024-01-04T00:00:00+00:00")]
+        with defs.get_asset_value_loader(instance=instance) as loader:
+            span = loader.load_asset_value("spend", partition_key_range=dg.PartitionKeyRange("2024-01-02", "2024-01-04"))
+        assert span.height == sum(manifest["partitions"][f"2024-01-0{d}"]["rows"] for d in (2, 3, 4))
+        # Re-running identical data changes no version and writes no file.
+        files = sorted(p.name for p in (project / "store").rglob("*.parquet"))
+        assert _run(defs, instance, "2024-01-01", "2024-01-10").success
+        assert store.latest("spend")["version"] == "1.0.0"
+        assert sorted(p.name for p in (project / "store").rglob("*.parquet")) == files
+
+
+def test_asset_carries_spec_fields_and_blocking_checks(project: Path) -> None:
+    defs = build_definitions(_registry(_events(project / "events.parquet")))
+    asset = defs.resolve_assets_def("spend")
+    spec = asset.specs_by_key[dg.AssetKey("spend")]
+    assert spec.owners == ["team:fraud"] and spec.tags["domain"] == "fraud"
+    assert spec.code_version == _registry(project / "events.parquet").feature("spend").config_hash
+    assert isinstance(asset.partitions_def, dg.DailyPartitionsDefinition)
+    checks = {c.name: c for c in asset.check_specs}
+    assert set(checks) == {"amount__greater_than_or_equal", "customer_id__not_null"}
+    assert all(c.blocking for c in checks.values())
+    assert defs.resolve_schedule_def("spend_job_schedule").cron_schedule == "0 1 * * *"
+
+
+def test_failing_check_writes_nothing_and_names_the_rows(project: Path) -> None:
+    defs = build_definitions(_registry(_events(project / "events.parquet", bad_amount=True)))
+    with dg.DagsterInstance.get() as instance:
+        assert _run(defs, instance, "2024-01-01", "2024-01-03").success
+        before = sorted((p.relative_to(project), p.read_bytes()) for p in (project / "store").rglob("*") if p.is_file())
+        result = _run(defs, instance, "2024-01-04", "2024-01-06")
+        assert not result.success
+        failure = result.failure_data_for_node("spend").user_failure_data
+        assert "amount" in failure.description and "greater_than_or_equal" in failure.description
+        after = sorted((p.relative_to(project), p.read_bytes()) for p in (project / "store").rglob("*") if p.is_file())
+        assert after == before
+        record = instance.get_latest_asset_check_evaluation_record(dg.AssetCheckKey(dg.AssetKey("spend"), "amount__greater_than_or_equal"))
+        evaluation = record.event.dagster_event.asset_check_evaluation_data
+        assert not evaluation.passed and evaluation.metadata["failing_rows"].value > 0
+        assert "amount" in evaluation.metadata["sample"].value
+        assert not instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("spend"), asset_partitions=["2024-01-05"]), limit=1).records
+
+
+def test_partition_outside_the_definition_is_refused(project: Path) -> None:
+    defs = build_definitions(_registry(_events(project / "events.parquet")))
+    with dg.DagsterInstance.get() as instance:
+        result = _run(defs, instance, "2023-12-30", "2023-12-31")
+    assert not result.success
+    assert "before the partitions definition start" in result.failure_data_for_node("spend").error.cause.message
+    assert not (project / "store" / "spend").exists()
+
+
+def _cli(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_dagster_cli_materializes_the_example_features(project: Path) -> None:
+    """`dagster asset materialize` as CI runs it, for one partition and for a range, on the example defs."""
+    from feature_pipelines.sample_data import write_transactions
+
+    data = project / "data"
+    write_transactions(data / "transactions.parquet", rows=20_000, customers=200, days=40)
+    env = {**os.environ, "FEATURE_PIPELINES_DATA_DIR": str(data)}
+    one = _cli("dagster", "asset", "materialize", "-m", "feature_pipelines.definitions", "--select", "customer_spend", "--partition", "2024-01-05", env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    span = _cli("dagster", "asset", "materialize", "-m", "feature_pipelines.definitions", "--select", "customer_spend",
+                "--partition-range", "2024-01-01...2024-01-31", env=env)
+    assert span.returncode == 0, span.stderr[-3000:]
+    manifest = json.loads((project / "store" / "customer_spend" / "_latest.json").read_text())
+    assert len(manifest["partitions"]) == 31 and manifest["version"] == "1.0.0"
+    with dg.DagsterInstance.get() as instance:
+        runs = instance.get_runs()
+        assert len(runs) == 2 and all(r.is_success for r in runs)
+    listing = _cli("feature_pipelines.cli", "versions", "customer_spend", env=env)
+    assert listing.returncode == 0 and "1.0.0" in listing.stdout
+    bad = _cli("feature_pipelines.cli", "build", "--features", "customer_spend", "--partition", "2023-06-01", env=env)
+    assert bad.returncode == 2 and "2023-06-01" in bad.stderr and "customer_spend" in bad.stderr
