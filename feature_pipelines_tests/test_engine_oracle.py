@@ -520,6 +520,34 @@ def test_rows_matches_oracle(case):
     assert_matches_oracle(case, run_engine(case))
 
 
+@st.composite
+def variance_cases(draw, path: str) -> Case:
+    """Daily std/var whose windows often hold repeated values of an entity with a wide history."""
+    n_parts = draw(st.integers(1, 6))
+    bounds = [datetime(2024, 1, 1, tzinfo=UTC) + timedelta(days=i) for i in range(n_parts + 1)]
+    aggs = ["std", "var", "count"] + (["median"] if path == "time" else [])
+    case = Case("rolling", "customer", "daily", bounds, bounds[0], rolling=[(["1d", "2d"], {"amount": aggs})])
+    # One value per entity and day: every 1d window holds copies of a single value.
+    decimal = st.builds(lambda sign, n: sign * n / 100, st.sampled_from([1, -1]), st.integers(10_000, 100_000))
+    per_day = {c: draw(st.lists(decimal, min_size=n_parts + 2, max_size=n_parts + 2)) for c in ("a", "b")}
+    event = st.tuples(st.sampled_from(["a", "b"]), st.integers(-2 * 24, n_parts * 24 - 1))
+    for customer, hour in draw(st.lists(event, min_size=2, max_size=40)):
+        t = bounds[0] + timedelta(hours=hour)
+        value = per_day[customer][hour // 24 + 2]
+        case.events.append({"customer_id": customer, "amount": value, "qty": None, "status": None, "_t": t})
+    return case
+
+
+@pytest.mark.parametrize("path", ["dense", "time"])
+@SETTINGS
+@given(data=st.data())
+def test_rolling_variance_matches_oracle(path, data):
+    """Numerical accuracy: the std of a window of equal values is ~0 however spread the entity's history."""
+    case = data.draw(variance_cases(path), label="case")
+    assert case.dense == (path == "dense")
+    assert_matches_oracle(case, run_engine(case))
+
+
 @settings(SETTINGS, max_examples=30)
 @given(data=st.data())
 def test_range_in_one_call_equals_partitions_one_by_one(data):

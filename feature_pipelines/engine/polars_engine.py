@@ -160,26 +160,38 @@ def _rolling_dense(events: pl.DataFrame, outputs, b_us: np.ndarray, step: int, l
     ones = excl_cumsum(np.bincount(pos, minlength=total).astype(np.int64))
     # Rows before an entity's first event are padding: their windows may reach into the previous entity.
     active = (window(ones, wb + 1) > 0) & (row_idx >= np.maximum(first, 0)[row_eid])
+    starts_cache: dict[int, np.ndarray] = {}
+
+    def window_starts(w: int) -> np.ndarray:
+        if w not in starts_cache:
+            starts_cache[w] = np.maximum(np.arange(total) - (w - 1), 0)  # clipped rows are padding
+        return starts_cache[w]
+
     columns: dict[str, np.ndarray | pl.Series] = {}
     for col in dict.fromkeys(c for c, *_ in outputs):
         raw = events[col].cast(pl.Float64)
         valid = raw.is_not_null().to_numpy()
         v = raw.to_numpy()[valid]
-        p, e = pos[valid], eid[valid]
-        n_e = np.bincount(e, minlength=n_ent)
-        ref = np.divide(np.bincount(e, weights=v, minlength=n_ent), n_e, out=np.zeros(n_ent), where=n_e > 0)
-        d = v - ref[e]  # centring per entity keeps the sum of squares free of cancellation
-        cnt = excl_cumsum(np.bincount(p, minlength=total).astype(np.int64))
-        s1 = excl_cumsum(np.bincount(p, weights=d, minlength=total))
-        s2 = excl_cumsum(np.bincount(p, weights=d * d, minlength=total))
-        if any(c == col and agg in ("min", "max") for c, agg, *_ in outputs):
+        p = pos[valid]
+        # Per-interval statistics; bincount adds each interval's events in event order, so every value
+        # below depends only on the events of the intervals it covers, never on the range computed.
+        n_b = np.bincount(p, minlength=total).astype(np.int64)
+        s_b = np.bincount(p, weights=v, minlength=total)
+        cnt = excl_cumsum(n_b)
+        col_aggs = {agg for c, agg, *_ in outputs if c == col}
+        sums = _Pyramid((s_b,), _add) if col_aggs & {"sum", "mean"} else None
+        moments = None
+        if col_aggs & {"std", "var"}:
+            mean_b = np.divide(s_b, n_b, out=np.zeros(total), where=n_b > 0)
+            m2_b = np.bincount(p, weights=(v - mean_b[p]) ** 2, minlength=total)
+            moments = _Pyramid((n_b.astype(np.float64), mean_b, m2_b), _chan)
+        if col_aggs & {"min", "max"}:
             bucket_min, bucket_max = (np.full(total, np.nan) for _ in range(2))
             if len(p):
                 starts = np.flatnonzero(np.r_[True, p[1:] != p[:-1]])
                 bucket_min[p[starts]] = np.minimum.reduceat(v, starts)
                 bucket_max[p[starts]] = np.maximum.reduceat(v, starts)
             bucket_min, bucket_max = pl.Series(bucket_min, nan_to_null=True), pl.Series(bucket_max, nan_to_null=True)
-        row_ref = ref[row_eid]
         for c, agg, w, out in outputs:
             if c != col:
                 continue
@@ -189,12 +201,11 @@ def _rolling_dense(events: pl.DataFrame, outputs, b_us: np.ndarray, step: int, l
                 if agg == "count":
                     columns[out] = n_w
                 elif agg in ("sum", "mean"):
-                    total_w = window(s1, wk) + n_w * row_ref
+                    (total_w,) = sums.query(window_starts(wk), wk)
                     columns[out] = np.where(n_w > 0, total_w if agg == "sum" else total_w / n_w, np.nan)
                 elif agg in ("std", "var"):
-                    a, b = window(s1, wk), window(s2, wk)
-                    var = np.maximum(b - a * a / n_w, 0.0) / (n_w - 1)
-                    var = np.where(n_w > 1, var, np.nan)
+                    _, _, m2 = moments.query(window_starts(wk), wk)
+                    var = np.where(n_w > 1, np.maximum(m2, 0.0) / (n_w - 1), np.nan)
                     columns[out] = np.sqrt(var) if agg == "std" else var
                 else:
                     series = bucket_min if agg == "min" else bucket_max
@@ -205,6 +216,55 @@ def _rolling_dense(events: pl.DataFrame, outputs, b_us: np.ndarray, step: int, l
         [pl.Series(k, v, nan_to_null=True) if isinstance(v, np.ndarray) else v.alias(k) for k, v in columns.items()]
     )
     return frame.filter(pl.Series(active))
+
+
+def _add(a: tuple, b: tuple) -> tuple:
+    return (a[0] + b[0],)
+
+
+def _chan(a: tuple, b: tuple) -> tuple:
+    """Combine (count, mean, M2) of two disjoint samples (Chan et al.), numerically stable."""
+    n_a, mean_a, m2_a = a
+    n_b, mean_b, m2_b = b
+    n = n_a + n_b
+    with np.errstate(invalid="ignore", divide="ignore"):
+        delta = mean_b - mean_a
+        frac = np.where(n > 0, n_b / n, 0.0)
+        mean = mean_a + delta * frac
+        m2 = m2_a + m2_b + delta * delta * n_a * frac
+    return n, mean, m2
+
+
+class _Pyramid:
+    """Power-of-two block summaries, so a window's aggregate is combined in an order fixed by its length.
+
+    Level k holds the summary of rows [i, i + 2**k). A window of w rows starting at s combines the
+    blocks of w's binary digits, largest first. The result therefore depends only on the rows inside
+    the window, which makes a partition computed alone bit-identical to the same partition computed
+    inside a longer backfill (a prefix-sum difference would not be).
+    """
+
+    def __init__(self, base: tuple, combine) -> None:
+        self.combine = combine
+        self.levels = [base]
+
+    def _level(self, k: int) -> tuple:
+        while len(self.levels) <= k:
+            prev = self.levels[-1]
+            half = 1 << (len(self.levels) - 1)
+            shifted = tuple(np.concatenate([a[half:], np.zeros(half, dtype=a.dtype)]) for a in prev)
+            self.levels.append(self.combine(prev, shifted))
+        return self.levels[k]
+
+    def query(self, starts: np.ndarray, w: int) -> tuple:
+        acc = None
+        pos = starts
+        for k in range(w.bit_length() - 1, -1, -1):
+            if w >> k & 1:
+                block = tuple(a[np.minimum(pos, len(a) - 1)] for a in self._level(k))
+                acc = block if acc is None else self.combine(acc, block)
+                pos = pos + (1 << k)
+        return acc
 
 
 def _rolling_by_time(events: pl.DataFrame, outputs, b_us: np.ndarray, lookback: int) -> pl.DataFrame:

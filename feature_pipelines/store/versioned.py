@@ -47,9 +47,13 @@ def _now() -> str:
 
 
 def content_hash(frame: pl.DataFrame) -> str:
-    """Hash of a frame's values and schema (uncompressed Arrow IPC stream of one contiguous chunk)."""
+    """Hash of a frame's values and schema: an uncompressed Arrow IPC stream of one contiguous chunk.
+
+    The oldest compat level writes strings as offset arrays rather than polars' string views, whose
+    buffers depend on how the frame was built (a slice of a backfill vs. a single partition).
+    """
     buf = io.BytesIO()
-    frame.rechunk().write_ipc_stream(buf, compression="uncompressed")
+    frame.rechunk().write_ipc_stream(buf, compression="uncompressed", compat_level=pl.CompatLevel.oldest())
     return xxhash.xxh3_128_hexdigest(buf.getvalue())
 
 
@@ -112,7 +116,8 @@ class VersionedStore:
         if latest is None:
             raise StoreError(
                 f"feature {feature!r} has no data in {self.description}; materialize it first "
-                f"(e.g. `feature-pipelines build --features {feature}`)"
+                f"(e.g. `feature-pipelines build --features {feature}`); features with data: "
+                f"{', '.join(self.features()) or 'none'}"
             )
         if version is None or version in ("latest", "_latest", latest["version"]):
             return latest
@@ -219,6 +224,7 @@ class VersionedStore:
                 "schema_hash": _hash_json(schema),
                 "config_hash": config_hash,
                 "info": info or {},
+                "revision": (current or {}).get("revision", 0) + 1,
                 "created_at": now if not current or version != current["version"] else current["created_at"],
                 "updated_at": now,
                 "change": {"bump": bump, "reason": reason, "partition": partition, "replaced_file": existing},
@@ -232,12 +238,24 @@ class VersionedStore:
             else:
                 if version != current["version"]:
                     # Freeze the superseded version's manifest before the swap makes it history.
-                    self.blobs.put(f"{feature}/{current['version']}/{META}", found[0])
+                    self._save_manifest(feature, current["version"], found[0], current.get("revision", 0))
                 committed = self.blobs.swap(f"{feature}/{LATEST}", blob, token)
             if committed:
-                self.blobs.put(f"{feature}/{version}/{META}", blob)
+                self._save_manifest(feature, version, blob, new["revision"])
                 return self._result(feature, partition, new, bump, reason, new["partitions"][partition])
         raise StoreError(f"feature {feature!r} partition {partition!r}: could not commit after 100 attempts (heavy contention?)")
+
+    def _save_manifest(self, feature: str, version: str, blob: bytes, revision: int) -> None:
+        """Write a version's .meta.json unless a newer revision is already there (a slow writer never regresses it)."""
+        path = f"{feature}/{version}/{META}"
+        for _ in range(100):
+            found = self.blobs.read(path)
+            if found is None:
+                if self.blobs.create(path, blob):
+                    return
+            elif json.loads(found[0]).get("revision", 0) >= revision or self.blobs.swap(path, blob, found[1]):
+                return
+        raise StoreError(f"feature {feature!r}: could not save the manifest of version {version} (heavy contention?)")
 
     def _result(self, feature: str, partition: str, manifest: dict, bump: str, reason: str, entry: dict) -> CommitResult:
         return CommitResult(
