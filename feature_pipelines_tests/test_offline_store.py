@@ -487,16 +487,15 @@ def test_superseded_manifest_is_final_despite_a_slow_writer(tmp_path, slow_write
     store = LocalStore(str(root))
     frames = {p: make_frame(p) for p in ["p1", "p2", "p3"]}
     write(store, "p1", frames["p1"])
-    slow = VersionedStore(PausingBlobs(root, f"{FEATURE}/1.0.0/.meta.json"))
+    # patch_p1 stalls right before its commit (it would have frozen 1.0.0 from a stale read);
+    # add_p2 stalls after its commit, before saving 1.0.0's manifest.
+    pause = f"{FEATURE}/_latest.json" if slow_write == "patch_p1" else f"{FEATURE}/1.0.0/.meta.json"
+    slow = VersionedStore(PausingBlobs(root, pause))
     slow_partition, slow_frame = ("p1", make_frame("p1", seed=1)) if slow_write == "patch_p1" else ("p2", frames["p2"])
     out = {}
     thread = threading.Thread(target=lambda: out.setdefault("r", write(slow, slow_partition, slow_frame)))
     thread.start()
-    # The slow writer either stalls on its manifest write or, if it has nothing to write, finishes.
-    for _ in range(300):
-        if slow.blobs.reached.wait(0.1) or not thread.is_alive():
-            break
-    assert slow.blobs.reached.is_set() or not thread.is_alive()
+    assert slow.blobs.reached.wait(30)
     committed_to_100 = ["p1", slow_partition] if slow_write == "add_p2" else ["p1"]
     other = "p2" if slow_write == "patch_p1" else "p3"
     assert write(store, other, frames[other]).version == "1.0.0"

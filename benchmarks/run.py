@@ -1,0 +1,119 @@
+"""Benchmarks (the contract in ../shared/DESIGN.md): one JSON line per workload, with a floor measured in the same run.
+
+build_year      — compute a year of daily `customer_spend` (7d, 30d × 6 aggregations) from 1,000,000
+                  transactions of 10,000 customers in one pass; floor: the same output hand-written in polars.
+build_next_day  — compute one more day after 30 days and after 3 years of history; ratio = 3y / 30d.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from feature_pipelines import Entity, Feature, Rolling, Source  # noqa: E402
+from feature_pipelines.engine import PolarsEngine  # noqa: E402
+
+AGGS = ["sum", "mean", "count", "std", "min", "max"]
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _events(path: Path, rows: int, customers: int, days: int, start: str) -> None:
+    rng = np.random.default_rng(0)
+    ts = np.datetime64(start, "us") + rng.integers(0, days * 86_400_000_000, rows).astype("timedelta64[us]")
+    pl.DataFrame({"customer_id": rng.integers(0, customers, rows).astype(str), "ts": ts, "amount": rng.gamma(2.0, 50.0, rows).round(2)}).sort("ts").write_parquet(path)
+
+
+def _feature(path: Path, start: str) -> Feature:
+    return Feature(name="customer_spend", entities=[Entity("customer", join_key="customer_id")], source=Source(str(path), timestamp="ts"),
+                   start=start, metrics=[Rolling(["7d", "30d"], {"amount": AGGS})])
+
+
+def _floor(path: Path, first: date, days: int) -> pl.DataFrame:
+    """Hand-written polars: stamps interleaved with events, rolling_*_by(closed='left') per customer."""
+    lo = pl.datetime(first.year, first.month, first.day) - pl.duration(days=30)
+    ev = pl.scan_parquet(path).filter((pl.col("ts") >= lo) & (pl.col("ts") < pl.datetime(first.year, first.month, first.day) + pl.duration(days=days))).collect()
+    day = pl.col("ts").dt.truncate("1d")
+    grid = ev.select("customer_id", d=day).unique().select("customer_id", t=pl.datetime_ranges(pl.col("d") + pl.duration(days=1), pl.col("d") + pl.duration(days=31), "1d")).explode("t")
+    grid = grid.filter((pl.col("t") > pl.lit(first)) & (pl.col("t") <= pl.lit(first + timedelta(days=days)))).unique()
+    both = pl.concat([ev.with_columns(q=pl.lit(False)), grid.rename({"t": "ts"}).with_columns(amount=pl.lit(None, pl.Float64), q=pl.lit(True))]).sort("customer_id", "ts")
+    exprs = []
+    for w in ("7d", "30d"):
+        x = pl.col("amount")
+        n = x.is_not_null().cast(pl.Int64).rolling_sum_by("ts", w, closed="left").over("customer_id")
+        exprs += [n.alias(f"count_{w}"), x.rolling_sum_by("ts", w, closed="left").over("customer_id").alias(f"sum_{w}"),
+                  x.rolling_mean_by("ts", w, closed="left").over("customer_id").alias(f"mean_{w}"),
+                  x.rolling_std_by("ts", w, closed="left").over("customer_id").alias(f"std_{w}"),
+                  x.rolling_min_by("ts", w, closed="left").over("customer_id").alias(f"min_{w}"),
+                  x.rolling_max_by("ts", w, closed="left").over("customer_id").alias(f"max_{w}")]
+    return both.lazy().with_columns(exprs).filter(pl.col("q")).collect()
+
+
+def _keys(first: date, days: int) -> list[str]:
+    return [(first + timedelta(days=i)).isoformat() for i in range(days)]
+
+
+def build_year(tmp: Path) -> dict:
+    path = tmp / "year.parquet"
+    _events(path, 1_000_000, 10_000, 365, "2024-01-01")
+    feature = _feature(path, "2024-01-01")
+    t0 = time.perf_counter()
+    out = PolarsEngine().compute(feature, _keys(date(2024, 1, 1), 365))
+    value = time.perf_counter() - t0
+    rows = sum(f.height for f in out.values())
+    t0 = time.perf_counter()
+    floor_rows = _floor(path, date(2024, 1, 1), 365).height
+    floor = time.perf_counter() - t0
+    return {"workload": "build_year", "metric": "seconds", "value": round(value, 3), "floor": round(floor, 3), "ratio": round(value / floor, 2),
+            "peak_rss_mb": round(_rss_mb()), "rows": rows, "floor_rows": floor_rows, "events": 1_000_000, "machine": "2 cores"}
+
+
+def build_next_day(tmp: Path) -> dict:
+    """One more day with 30 days vs 3 years of history in the source (same density of events per day)."""
+    timings = {}
+    for label, days in (("30d", 30), ("3y", 3 * 365)):
+        path = tmp / f"hist_{label}.parquet"
+        _events(path, int(days * 2740), 10_000, days + 1, "2021-01-01")
+        start = date(2021, 1, 1)
+        feature = _feature(path, start.isoformat())
+        key = (start + timedelta(days=days)).isoformat()
+        best = min(_timed(lambda: PolarsEngine().compute(feature, [key])) for _ in range(5))
+        timings[label] = best
+    return {"workload": "build_next_day", "metric": "seconds", "value": round(timings["3y"], 4), "floor": round(timings["30d"], 4),
+            "ratio": round(timings["3y"] / timings["30d"], 2), "peak_rss_mb": round(_rss_mb()), "machine": "2 cores"}
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+WORKLOADS = {"build_year": build_year, "build_next_day": build_next_day}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", default="", help="workload name prefix")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, fn in WORKLOADS.items():
+            if name.startswith(args.only):
+                print(json.dumps(fn(Path(tmp))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
