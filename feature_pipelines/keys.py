@@ -4,7 +4,7 @@ The key must be identical on every machine and every library version, so it is N
 `Expr.hash` (whose output may change between releases). Definition, version 1:
 
 * each value becomes canonical text: strings as-is, integers in decimal, floats by Python `repr`,
-  booleans as 'true'/'false', dates as ISO 'YYYY-MM-DD', datetimes as ISO-8601 in UTC;
+  booleans as 'true'/'false' (-0.0 is written as 0.0, the same number), dates as ISO 'YYYY-MM-DD', datetimes as ISO-8601 in UTC;
 * each field is encoded as one tag byte (0x00 null, 0x01 value) followed, for values, by the
   8-byte big-endian length of the UTF-8 text and the text itself, so neither nulls nor any
   separator character can make two different tuples encode alike;
@@ -34,7 +34,7 @@ def _canonical(value: object) -> str:
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, float):
-        return repr(value)
+        return repr(value + 0.0)  # -0.0 + 0.0 == 0.0: polars groups them as one value, so must the key
     return str(value)
 
 

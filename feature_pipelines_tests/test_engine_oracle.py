@@ -464,7 +464,9 @@ def same_value(got, want) -> bool:
         return got is None and want is None
     if isinstance(want, float):
         return isinstance(got, (float, int)) and math.isclose(got, want, rel_tol=REL_TOL, abs_tol=ABS_TOL)
-    return type(got) is type(want) and got == want if not isinstance(want, datetime) else got == want
+    if isinstance(want, datetime):  # aware datetimes compare as instants, whatever their tzinfo object
+        return isinstance(got, datetime) and got.tzinfo is not None and got == want
+    return type(got) is type(want) and got == want
 
 
 def assert_matches_oracle(case: Case, result: dict[str, pl.DataFrame]) -> None:
