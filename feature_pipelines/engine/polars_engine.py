@@ -107,7 +107,6 @@ def _rolling(feature: Feature, events: pl.DataFrame, b_us: np.ndarray) -> pl.Dat
     events = events.with_columns(pl.col(TS).dt.epoch("us").alias("__t"))
     events, entities = _entity_ids(events, keys)
     events = events.sort(["__eid", "__t"], maintain_order=True)
-    n = len(b_us) - 1
     schema = {**{k: entities.schema[k] for k in keys}, FEATURE_TIMESTAMP: pl.Datetime("us", "UTC")}
     schema.update({out: pl.Int64 if agg == "count" else pl.Float64 for _, agg, _, out in outputs})
     schema["__part"] = pl.Int64
@@ -261,7 +260,9 @@ class _Pyramid:
         pos = starts
         for k in range(w.bit_length() - 1, -1, -1):
             if w >> k & 1:
-                block = tuple(a[np.minimum(pos, len(a) - 1)] for a in self._level(k))
+                level = self._level(k)
+                at = np.minimum(pos, len(level[0]) - 1)
+                block = tuple(a[at] for a in level)
                 acc = block if acc is None else self.combine(acc, block)
                 pos = pos + (1 << k)
         return acc
