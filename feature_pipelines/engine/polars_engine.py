@@ -2,15 +2,18 @@
 
 Two exact algorithms for rolling windows, chosen per feature:
 
-* dense buckets (fixed-length intervals, every window a whole number of intervals, no median):
+* dense intervals (fixed-length intervals, every window a whole number of intervals, no median):
   events are reduced to per-(entity, interval) count/sum/centred sum of squares/min/max, laid out
-  densely per entity, and each window is a difference of cumulative sums (min/max: fixed-size
-  rolling kernels). Cost is linear in events + output rows.
-* time-based rolling (any other case: calendar months, windows that cut intervals, median): the
-  output stamps are interleaved with the events and polars' `rolling_*_by(closed="left")` kernels
-  evaluate [t - window, t) per entity.
+  densely per entity, and each window combines the power-of-two blocks of its length (min/max:
+  fixed-size rolling kernels). Cost is linear in events + output rows (times log of the window).
+* event runs (any other case: calendar months, windows that cut intervals, median): each output
+  row's window [t - w, t) is located as a run of its entity's sorted events with one binary search,
+  and combined from the same power-of-two block summaries over single events.
 
-Both produce identical rows; the tests check each against a brute-force oracle.
+Both produce identical rows; the tests check each against a brute-force oracle. Neither uses a
+difference of prefix sums: a window's value depends only on the events inside it, so a partition
+computed alone is bit-identical to the same partition inside any backfill (otherwise re-materializing
+a partition would report a spurious PATCH).
 """
 
 from __future__ import annotations
@@ -66,8 +69,10 @@ class PolarsEngine:
             events = read_events(feature, bounds[0], bounds[-1], None)
             frame = _rows(feature, events, b_us)
         keys = [grain.key(b) for b in bounds[:-1]]
-        # A stable sort on the partition index keeps each slice ordered by entity then time.
-        frame = frame.sort("__part", maintain_order=True)
+        # A stable sort on the partition index keeps each slice ordered by entity then time
+        # (the dense algorithm already returns partition-major rows).
+        if not frame["__part"].is_sorted():
+            frame = frame.sort("__part", maintain_order=True)
         counts = np.bincount(frame["__part"].to_numpy(), minlength=len(keys))
         frame = frame.drop("__part")
         offsets = np.concatenate([[0], np.cumsum(counts)])
@@ -116,7 +121,7 @@ def _rolling(feature: Feature, events: pl.DataFrame, b_us: np.ndarray) -> pl.Dat
         result = _rolling_dense(events, outputs, b_us, grain_us, feature.lookback_us)
     else:
         result = _rolling_by_time(events, outputs, b_us, feature.lookback_us)
-    # Both algorithms return rows ordered by (entity, partition); entity ids index `entities`.
+    # Entity ids index `entities`; rows are ordered by entity within each partition.
     result = pl.concat([result, entities.drop("__eid")[result["__eid"].to_numpy()]], how="horizontal")
     result = result.with_columns(
         pl.Series(FEATURE_TIMESTAMP, b_us[result["__part"].to_numpy() + 1]).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
@@ -125,6 +130,7 @@ def _rolling(feature: Feature, events: pl.DataFrame, b_us: np.ndarray) -> pl.Dat
 
 
 def _rolling_dense(events: pl.DataFrame, outputs, b_us: np.ndarray, step: int, lookback: int) -> pl.DataFrame:
+    """Rows ordered by (partition, entity id): windows are sums over per-interval summaries."""
     n = len(b_us) - 1
     wb = lookback // step
     eid = events["__eid"].to_numpy()
@@ -134,7 +140,8 @@ def _rolling_dense(events: pl.DataFrame, outputs, b_us: np.ndarray, step: int, l
     last = np.full(n_ent, np.iinfo(np.int64).min)
     np.minimum.at(first, eid, idx)
     np.maximum.at(last, eid, idx)
-    lo = np.maximum(first, 0) - wb  # wb leading rows keep every window inside its own entity
+    # Each entity gets a run of consecutive intervals; wb leading rows keep every window inside it.
+    lo = np.maximum(first, 0) - wb
     hi = np.minimum(last + wb, n - 1)
     length = np.maximum(hi - lo + 1, 0)
     offset = np.zeros(n_ent + 1, dtype=np.int64)
@@ -143,138 +150,194 @@ def _rolling_dense(events: pl.DataFrame, outputs, b_us: np.ndarray, step: int, l
     row_eid = np.repeat(np.arange(n_ent), length)
     row_idx = np.arange(total) - offset[row_eid] + lo[row_eid]
     pos = offset[eid] + (idx - lo[eid])
+    ones = _excl_cumsum(np.bincount(pos, minlength=total))
+    # An output row needs an event within the longest window, at or after the entity's first interval.
+    active = (_window_count(ones, wb + 1) > 0) & (row_idx >= np.maximum(first, 0)[row_eid])
+    keep = np.flatnonzero(active)
+    # Partition-major order, entity order within a partition (numpy's stable sort is a radix sort for 16 bits).
+    part = row_idx[keep]
+    order = keep[np.argsort(part.astype(np.uint16) if n <= 1 << 16 else part, kind="stable")]
+    del keep, part, active, ones
 
-    def window(cum: np.ndarray, w: int) -> np.ndarray:
-        """Sum over the w rows ending at each row, from an exclusive cumulative array of length total+1."""
-        out = np.empty(total, dtype=cum.dtype)
-        out[w - 1 :] = cum[w:] - cum[: total + 1 - w]
-        out[: w - 1] = cum[1:w] - cum[0]  # only padding rows start this close to the array's head
-        return out
-
-    def excl_cumsum(x: np.ndarray) -> np.ndarray:
-        out = np.zeros(total + 1, dtype=x.dtype)
-        np.cumsum(x, out=out[1:])
-        return out
-
-    ones = excl_cumsum(np.bincount(pos, minlength=total).astype(np.int64))
-    # Rows before an entity's first event are padding: their windows may reach into the previous entity.
-    active = (window(ones, wb + 1) > 0) & (row_idx >= np.maximum(first, 0)[row_eid])
-    starts_cache: dict[int, np.ndarray] = {}
-
-    def window_starts(w: int) -> np.ndarray:
-        if w not in starts_cache:
-            starts_cache[w] = np.maximum(np.arange(total) - (w - 1), 0)  # clipped rows are padding
-        return starts_cache[w]
-
-    columns: dict[str, np.ndarray | pl.Series] = {}
+    columns: dict[str, pl.Series] = {}
     for col in dict.fromkeys(c for c, *_ in outputs):
         raw = events[col].cast(pl.Float64)
         valid = raw.is_not_null().to_numpy()
         v = raw.to_numpy()[valid]
         p = pos[valid]
-        # Per-interval statistics; bincount adds each interval's events in event order, so every value
-        # below depends only on the events of the intervals it covers, never on the range computed.
-        n_b = np.bincount(p, minlength=total).astype(np.int64)
-        s_b = np.bincount(p, weights=v, minlength=total)
-        cnt = excl_cumsum(n_b)
-        col_aggs = {agg for c, agg, *_ in outputs if c == col}
-        sums = _Pyramid((s_b,), _add) if col_aggs & {"sum", "mean"} else None
-        moments = None
-        if col_aggs & {"std", "var"}:
-            mean_b = np.divide(s_b, n_b, out=np.zeros(total), where=n_b > 0)
-            m2_b = np.bincount(p, weights=(v - mean_b[p]) ** 2, minlength=total)
-            moments = _Pyramid((n_b.astype(np.float64), mean_b, m2_b), _chan)
-        if col_aggs & {"min", "max"}:
+        col_outputs = [(agg, w // step, out) for c, agg, w, out in outputs if c == col]
+        aggs = {agg for agg, *_ in col_outputs}
+        stats = _IntervalStats(v, p, total, moments=bool(aggs & {"std", "var"}))
+        gathered: dict[int, tuple] = {}
+        if aggs & {"min", "max"}:
             bucket_min, bucket_max = (np.full(total, np.nan) for _ in range(2))
             if len(p):
                 starts = np.flatnonzero(np.r_[True, p[1:] != p[:-1]])
                 bucket_min[p[starts]] = np.minimum.reduceat(v, starts)
                 bucket_max[p[starts]] = np.maximum.reduceat(v, starts)
             bucket_min, bucket_max = pl.Series(bucket_min, nan_to_null=True), pl.Series(bucket_max, nan_to_null=True)
-        for c, agg, w, out in outputs:
-            if c != col:
+        for agg, wk, out in col_outputs:
+            if agg == "count":
+                columns[out] = pl.Series(out, _window_count(stats.count, wk)[order])
                 continue
-            wk = w // step
-            n_w = window(cnt, wk)
+            if agg in ("min", "max"):
+                series = bucket_min if agg == "min" else bucket_max
+                rolled = (series.rolling_min if agg == "min" else series.rolling_max)(wk, min_samples=1)
+                columns[out] = rolled.gather(order).alias(out)
+                continue
+            if wk not in gathered:
+                at = order - (wk - 1)  # active rows are never within wk - 1 rows of the array's head
+                gathered[wk] = tuple(None if x is None else x[at] for x in stats.window(wk))
+            n_w, s_w, m2_w = gathered[wk]
             with np.errstate(invalid="ignore", divide="ignore"):
-                if agg == "count":
-                    columns[out] = n_w
-                elif agg in ("sum", "mean"):
-                    (total_w,) = sums.query(window_starts(wk), wk)
-                    columns[out] = np.where(n_w > 0, total_w if agg == "sum" else total_w / n_w, np.nan)
-                elif agg in ("std", "var"):
-                    _, _, m2 = moments.query(window_starts(wk), wk)
-                    var = np.where(n_w > 1, np.maximum(m2, 0.0) / (n_w - 1), np.nan)
-                    columns[out] = np.sqrt(var) if agg == "std" else var
+                if agg == "sum":
+                    value = np.where(n_w > 0, s_w, np.nan)
+                elif agg == "mean":
+                    value = np.where(n_w > 0, s_w / n_w, np.nan)
                 else:
-                    series = bucket_min if agg == "min" else bucket_max
-                    fn = series.rolling_min if agg == "min" else series.rolling_max
-                    columns[out] = fn(wk, min_samples=1)
-    frame = pl.DataFrame({"__eid": row_eid, "__part": row_idx})
-    frame = frame.with_columns(
-        [pl.Series(k, v, nan_to_null=True) if isinstance(v, np.ndarray) else v.alias(k) for k, v in columns.items()]
-    )
-    return frame.filter(pl.Series(active))
+                    value = np.where(n_w > 1, np.maximum(m2_w, 0.0) / (n_w - 1), np.nan)
+                    if agg == "std":
+                        value = np.sqrt(value)
+            columns[out] = pl.Series(out, value, nan_to_null=True)
+    return pl.DataFrame([pl.Series("__eid", row_eid[order]), pl.Series("__part", row_idx[order]), *columns.values()])
 
 
-def _add(a: tuple, b: tuple) -> tuple:
-    return (a[0] + b[0],)
+def _excl_cumsum(x: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(x) + 1, dtype=x.dtype)
+    np.cumsum(x, out=out[1:])
+    return out
 
 
-def _chan(a: tuple, b: tuple) -> tuple:
-    """Combine (count, mean, M2) of two disjoint samples (Chan et al.), numerically stable."""
-    n_a, mean_a, m2_a = a
-    n_b, mean_b, m2_b = b
-    n = n_a + n_b
-    with np.errstate(invalid="ignore", divide="ignore"):
-        delta = mean_b - mean_a
-        frac = np.where(n > 0, n_b / n, 0.0)
-        mean = mean_a + delta * frac
-        m2 = m2_a + m2_b + delta * delta * n_a * frac
-    return n, mean, m2
+def _window_count(cum: np.ndarray, w: int) -> np.ndarray:
+    """Per row, the count over the w rows ending at it, from an exclusive cumulative count (exact integers)."""
+    total = len(cum) - 1
+    out = np.empty(total, dtype=cum.dtype)
+    out[w - 1 :] = cum[w:] - cum[: total + 1 - w]
+    out[: w - 1] = cum[1:w] - cum[0]  # only padding rows start this close to the array's head
+    return out
 
 
-class _Pyramid:
-    """Power-of-two block summaries, so a window's aggregate is combined in an order fixed by its length.
+class _IntervalStats:
+    """Per-interval count, sum and centred sum of squares, with windowed aggregates that are range-independent.
 
-    Level k holds the summary of rows [i, i + 2**k). A window of w rows starting at s combines the
-    blocks of w's binary digits, largest first. The result therefore depends only on the rows inside
-    the window, which makes a partition computed alone bit-identical to the same partition computed
-    inside a longer backfill (a prefix-sum difference would not be).
+    Sums and M2 are combined over power-of-two blocks (level k holds rows [i, i + 2**k)); a window of
+    w rows combines the blocks of w's binary digits, largest first. The result depends only on the rows
+    inside the window, so a partition computed alone is bit-identical to the same partition inside a
+    longer backfill (a difference of prefix sums would not be). Blocks are combined with the pairwise
+    update M2 = M2a + M2b + (n_b*S_a - n_a*S_b)**2 / (n_a*n_b*(n_a+n_b)) (Chan et al.), which stays
+    accurate when the values are large and the spread small. Counts are exact integers (prefix sums).
     """
 
-    def __init__(self, base: tuple, combine) -> None:
-        self.combine = combine
-        self.levels = [base]
+    def __init__(self, v: np.ndarray, p: np.ndarray, total: int, moments: bool) -> None:
+        n_b = np.bincount(p, minlength=total)
+        self.count = _excl_cumsum(n_b)
+        self.fcount = self.count.astype(np.float64)  # exact below 2**53 events
+        # bincount adds each interval's values in event order: an interval's sum depends on its events only.
+        s_b = np.bincount(p, weights=v, minlength=total)
+        self.sums = [s_b]
+        self.m2 = None
+        if moments:
+            mean_b = np.divide(s_b, n_b, out=np.zeros(total), where=n_b > 0)
+            self.m2 = [np.bincount(p, weights=(v - mean_b[p]) ** 2, minlength=total)]
 
-    def _level(self, k: int) -> tuple:
-        while len(self.levels) <= k:
-            prev = self.levels[-1]
-            half = 1 << (len(self.levels) - 1)
-            shifted = tuple(np.concatenate([a[half:], np.zeros(half, dtype=a.dtype)]) for a in prev)
-            self.levels.append(self.combine(prev, shifted))
-        return self.levels[k]
+    def _n(self, k: int, start: int, size: int) -> np.ndarray:
+        """Counts (float) of the level-k blocks starting at rows start .. start + size."""
+        c = self.fcount
+        return c[start + (1 << k) : start + (1 << k) + size] - c[start : start + size]
 
-    def query(self, starts: np.ndarray, w: int) -> tuple:
-        acc = None
-        pos = starts
+    def _level(self, k: int) -> None:
+        while len(self.sums) <= k:
+            j = len(self.sums)  # build level j from level j - 1
+            h = 1 << (j - 1)
+            size = len(self.sums[0]) - (1 << j) + 1
+            a, b = self.sums[j - 1][:size], self.sums[j - 1][h : h + size]
+            if self.m2 is not None:
+                self.m2.append(_merge_m2(self._n(j - 1, 0, size), a, self.m2[j - 1][:size],
+                                         self._n(j - 1, h, size), b, self.m2[j - 1][h : h + size]))
+            self.sums.append(a + b)
+
+    def window(self, w: int) -> tuple:
+        """(count, sum, M2) of every window of w rows; entry j is the window ending at row j + w - 1."""
+        self._level(w.bit_length() - 1)
+        size = len(self.sums[0]) - w + 1
+        n_acc = s_acc = m2_acc = None
+        off = 0
         for k in range(w.bit_length() - 1, -1, -1):
-            if w >> k & 1:
-                level = self._level(k)
-                at = np.minimum(pos, len(level[0]) - 1)
-                block = tuple(a[at] for a in level)
-                acc = block if acc is None else self.combine(acc, block)
-                pos = pos + (1 << k)
-        return acc
+            if not w >> k & 1:
+                continue
+            s_blk = self.sums[k][off : off + size]
+            n_blk = self._n(k, off, size)
+            m2_blk = self.m2[k][off : off + size] if self.m2 is not None else None
+            if n_acc is None:
+                n_acc, s_acc, m2_acc = n_blk, s_blk, m2_blk
+            else:
+                if m2_blk is not None:
+                    m2_acc = _merge_m2(n_acc, s_acc, m2_acc, n_blk, s_blk, m2_blk)
+                n_acc, s_acc = n_acc + n_blk, s_acc + s_blk
+            off += 1 << k
+        return n_acc, s_acc, m2_acc
+
+    def ranges(self, lo: np.ndarray, hi: np.ndarray) -> tuple:
+        """(count, sum, M2) of rows [lo, hi) for each pair, combining blocks of the length's binary digits."""
+        length = hi - lo
+        top = int(length.max()).bit_length() if len(length) else 0
+        self._level(max(top - 1, 0))
+        n_acc, s_acc = np.zeros(len(lo)), np.zeros(len(lo))
+        m2_acc = np.zeros(len(lo)) if self.m2 is not None else None
+        pos = lo.copy()
+        for k in range(top - 1, -1, -1):
+            take = np.flatnonzero(length >> k & 1)
+            at = pos[take]
+            s_blk = self.sums[k][at]
+            n_blk = self.fcount[at + (1 << k)] - self.fcount[at]
+            if m2_acc is not None:
+                m2_acc[take] = _merge_m2(n_acc[take], s_acc[take], m2_acc[take], n_blk, s_blk, self.m2[k][at])
+            n_acc[take] += n_blk
+            s_acc[take] += s_blk
+            pos[take] += 1 << k
+        return n_acc, s_acc, m2_acc
+
+
+
+_CHUNK = 1 << 15  # rows per step of _merge_m2: temporaries stay in cache and off the mmap allocator
+
+
+def _merge_m2(n_a, s_a, m2_a, n_b, s_b, m2_b) -> np.ndarray:
+    """Centred sum of squares of the union of two disjoint samples given their counts, sums and M2s.
+
+    When either side is empty its sum is 0.0, so the cross term's numerator is exactly 0 and a
+    denominator clamped to 1 gives 0 without a mask.
+    """
+    out = np.empty(len(n_a))
+    d = np.empty(_CHUNK)
+    denom = np.empty(_CHUNK)
+    for i in range(0, len(n_a), _CHUNK):
+        j = min(i + _CHUNK, len(n_a))
+        dd, dn = d[: j - i], denom[: j - i]
+        na, nb = n_a[i:j], n_b[i:j]
+        np.multiply(nb, s_a[i:j], out=dd)
+        np.multiply(na, s_b[i:j], out=dn)
+        dd -= dn
+        dd *= dd
+        np.add(na, nb, out=dn)
+        dn *= na
+        dn *= nb
+        np.maximum(dn, 1.0, out=dn)
+        dd /= dn
+        dd += m2_a[i:j]
+        np.add(dd, m2_b[i:j], out=out[i:j])
+    return out
 
 
 def _rolling_by_time(events: pl.DataFrame, outputs, b_us: np.ndarray, lookback: int) -> pl.DataFrame:
+    """Rows ordered by (entity, partition): each window is the run of an entity's events in [t - w, t)."""
     n = len(b_us) - 1
+    eid = events["__eid"].to_numpy()
     t = events["__t"].to_numpy()
     # Partitions i whose output reads this event: b_i - lookback <= t < b_{i+1}.
     i_min = np.searchsorted(b_us[1:], t, side="right")
     i_max = np.searchsorted(b_us[:-1], t + lookback, side="right") - 1
-    spans = pl.DataFrame({"__eid": events["__eid"], "a": np.clip(i_min, 0, n - 1), "b": np.clip(i_max, 0, n - 1)})
+    spans = pl.DataFrame({"__eid": eid, "a": np.clip(i_min, 0, n - 1), "b": np.clip(i_max, 0, n - 1)})
     spans = spans.filter(pl.col("a") <= pl.col("b")).unique().sort("__eid", "a")
     # Merge overlapping spans per entity, then list every (entity, partition) pair once.
     spans = spans.with_columns(reach=pl.col("b").cum_max().over("__eid"))
@@ -283,31 +346,87 @@ def _rolling_by_time(events: pl.DataFrame, outputs, b_us: np.ndarray, lookback: 
     )
     grid = spans.group_by("run", maintain_order=True).agg(pl.col("__eid").first(), pl.col("a").min(), pl.col("b").max())
     grid = grid.select("__eid", __part=pl.int_ranges("a", pl.col("b") + 1)).explode("__part")
-    stamps = grid.with_columns(__t=pl.Series(b_us[grid["__part"].to_numpy() + 1]))
-    value_cols = list(dict.fromkeys(c for c, *_ in outputs))
-    ev = events.select("__eid", "__t", *[pl.col(c).cast(pl.Float64) for c in value_cols]).with_columns(__part=pl.lit(None, pl.Int64))
-    both = pl.concat([ev, stamps.with_columns([pl.lit(None, pl.Float64).alias(c) for c in value_cols])], how="diagonal")
-    both = both.sort(["__eid", "__t"], maintain_order=True).with_columns(pl.col("__t").cast(pl.Datetime("us")))
-    exprs = []
-    counts = {}
-    for c, agg, w, out in outputs:
-        size = f"{w}us"
-        x = pl.col(c)
-        count = x.is_not_null().cast(pl.Int64).rolling_sum_by("__t", size, closed="left").over("__eid").fill_null(0)
-        counts[(c, w)] = count
-        if agg == "count":
-            e = count
-        elif agg == "sum":
-            e = pl.when(count > 0).then(x.rolling_sum_by("__t", size, closed="left").over("__eid"))
-        elif agg == "std" or agg == "var":
-            fn = x.rolling_std_by if agg == "std" else x.rolling_var_by
-            e = pl.when(count > 1).then(fn("__t", size, closed="left").over("__eid"))
-        else:
-            e = getattr(x, f"rolling_{agg}_by")("__t", size, closed="left").over("__eid")
-            e = pl.when(count > 0).then(e)
-        exprs.append(e.alias(out))
-    out = both.lazy().with_columns(exprs).filter(pl.col("__part").is_not_null()).collect()
-    return out.drop(value_cols + ["__t"], strict=False)
+    g_eid = grid["__eid"].to_numpy()
+    stamp = b_us[grid["__part"].to_numpy() + 1]
+    # Window bounds are found with one sorted search over (entity, time): every time a window can start
+    # or end at is one of the few values in `cuts`, so an event's time is replaced by its rank among them.
+    windows = sorted({w for *_, w, _ in outputs})
+    cuts = np.unique(np.concatenate([b_us[1:] - w for w in [0, *windows]]))
+    stride = len(cuts) + 1
+    ev_key = eid * stride + np.searchsorted(cuts, t, side="right")
+
+    columns: dict[str, np.ndarray | pl.Series] = {}
+    for col in dict.fromkeys(c for c, *_ in outputs):
+        raw = events[col].cast(pl.Float64)
+        valid = raw.is_not_null().to_numpy()
+        v = raw.to_numpy()[valid]
+        key = ev_key[valid]
+
+        def first_at(x: np.ndarray) -> np.ndarray:
+            """Index (among valid events) of each row's entity's first event at or after time x."""
+            return np.searchsorted(key, g_eid * stride + np.searchsorted(cuts, x) + 1, side="left")
+
+        col_outputs = [(agg, w, out) for c, agg, w, out in outputs if c == col]
+        aggs = {agg for agg, *_ in col_outputs}
+        # Each event is its own "interval": the block summaries make sums depend only on the window's events.
+        stats = _IntervalStats(v, np.arange(len(v)), len(v), moments=bool(aggs & {"std", "var"}))
+        hi = first_at(stamp)
+        for agg, w, out in col_outputs:
+            lo = first_at(stamp - w)
+            n_w = hi - lo
+            if agg == "count":
+                columns[out] = n_w
+            elif agg in ("min", "max"):
+                columns[out] = _range_extreme(v, lo, hi, np.minimum if agg == "min" else np.maximum)
+            elif agg == "median":
+                columns[out] = _range_median(events, col, g_eid, stamp, w).alias(out)
+            else:
+                _, s_w, m2_w = stats.ranges(lo, hi)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    if agg == "sum":
+                        columns[out] = np.where(n_w > 0, s_w, np.nan)
+                    elif agg == "mean":
+                        columns[out] = np.where(n_w > 0, s_w / n_w, np.nan)
+                    else:
+                        var = np.where(n_w > 1, np.maximum(m2_w, 0.0) / (n_w - 1), np.nan)
+                        columns[out] = np.sqrt(var) if agg == "std" else var
+    return grid.with_columns(
+        [v.alias(k) if isinstance(v, pl.Series) else pl.Series(k, v, nan_to_null=v.dtype.kind == "f") for k, v in columns.items()]
+    )
+
+
+def _range_extreme(v: np.ndarray, lo: np.ndarray, hi: np.ndarray, fn) -> np.ndarray:
+    """min/max of v[lo:hi] per row (NaN when empty) from a sparse table: two overlapping power-of-two blocks."""
+    out = np.full(len(lo), np.nan)
+    length = hi - lo
+    if len(v) == 0 or not length.any():
+        return out
+    table = [v]
+    for k in range(1, int(length.max()).bit_length()):
+        prev, h = table[-1], 1 << (k - 1)
+        table.append(fn(prev[: len(prev) - h], prev[h:]))
+    level = np.zeros(len(lo), dtype=np.int64)
+    nonempty = length > 0
+    level[nonempty] = np.floor(np.log2(length[nonempty])).astype(np.int64)
+    for k in np.unique(level[nonempty]):
+        rows = np.flatnonzero(nonempty & (level == k))
+        block = table[k]
+        out[rows] = fn(block[lo[rows]], block[hi[rows] - (1 << k)])
+    return out
+
+
+def _range_median(events: pl.DataFrame, col: str, g_eid: np.ndarray, stamp: np.ndarray, w: int) -> pl.Series:
+    """Median over [t - w, t) per row (null when empty) with polars' rolling kernel on stamps interleaved with events.
+
+    A median depends only on the window's values, so this is range-independent without block summaries.
+    """
+    ev = events.select("__eid", "__t", pl.col(col).cast(pl.Float64).alias("v"))
+    rows = pl.DataFrame({"__eid": g_eid, "__t": stamp, "__row": np.arange(len(stamp))})
+    both = pl.concat([ev, rows], how="diagonal").sort(["__eid", "__t"], maintain_order=True)
+    x = pl.col("v")
+    median = x.rolling_median_by(pl.col("__t").cast(pl.Datetime("us")), f"{w}us", closed="left").over("__eid")
+    both = both.with_columns(median.alias("median")).filter(pl.col("__row").is_not_null()).sort("__row")
+    return both["median"]
 
 
 def _latest(feature: Feature, events: pl.DataFrame, b_us: np.ndarray) -> pl.DataFrame:
