@@ -151,5 +151,69 @@ def test_dagster_cli_materializes_the_example_features(project: Path) -> None:
         assert len(runs) == 2 and all(r.is_success for r in runs)
     listing = _cli("feature_pipelines.cli", "versions", "customer_spend", env=env)
     assert listing.returncode == 0 and "1.0.0" in listing.stdout
+    # The range is up to date (same definition, same source bytes): the CLI build skips it without a run.
+    build = ("feature_pipelines.cli", "build", "--features", "customer_spend", "--start", "2024-01-01", "--end", "2024-01-31")
+    again = _cli(*build, env=env)
+    assert again.returncode == 0 and "up to date" in again.stdout, again.stdout + again.stderr[-2000:]
+    forced = _cli(*build, "--force", env=env)
+    assert forced.returncode == 0 and "1.0.0 (unchanged)" in forced.stdout, forced.stdout + forced.stderr[-2000:]
+    # New source content: rebuilt, and the changed partitions make one PATCH for the whole run.
+    write_transactions(data / "transactions.parquet", rows=20_000, customers=200, days=40, seed=8)
+    changed = _cli(*build, env=env)
+    assert changed.returncode == 0 and "1.0.1 (patch" in changed.stdout, changed.stdout + changed.stderr[-2000:]
+    with dg.DagsterInstance.get() as instance:
+        assert len(instance.get_runs()) == 4
     bad = _cli("feature_pipelines.cli", "build", "--features", "customer_spend", "--partition", "2023-06-01", env=env)
     assert bad.returncode == 2 and "2023-06-01" in bad.stderr and "customer_spend" in bad.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_webserver_shows_every_feature_with_partitions_metadata_and_checks(project: Path) -> None:
+    """What `dagster dev -w workspace.yaml` serves, asked through the UI's own GraphQL API."""
+    import time
+    import urllib.request
+
+    from feature_pipelines.registry import load_registry
+
+    port = _free_port()
+    log = (project / "webserver.log").open("w")
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("dagster-webserver")), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+                            cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
+    query = ("{ assetNodes { assetKey { path } partitionDefinition { description } partitionKeys metadataEntries { label } "
+             "opNames assetChecksOrError { ... on AssetChecks { checks { name blocking } } } } }")
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+                                                 headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    body = json.loads(response.read())
+                if body.get("data", {}).get("assetNodes"):
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, (project / "webserver.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "dagster-webserver did not serve the workspace within 120 s"
+            time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    nodes = {n["assetKey"]["path"][-1]: n for n in body["data"]["assetNodes"]}
+    registry = load_registry()
+    assert set(nodes) == set(registry.features)
+    for name, feature in registry.features.items():
+        node = nodes[name]
+        assert node["partitionDefinition"]["description"].startswith(feature.granularity.capitalize())
+        assert node["partitionKeys"][0] == "2024-01-01"
+        labels = {m["label"] for m in node["metadataEntries"]}
+        assert {"feature_pipelines/keys", "feature_pipelines/config_hash", "entities", "source"} <= labels
+        checks = {c["name"]: c["blocking"] for c in node["assetChecksOrError"]["checks"]}
+        assert set(checks) == {f"{column}__{v.rule.split('(')[0]}" for column, rules in feature.validators.items() for v in rules} and all(checks.values())

@@ -902,3 +902,39 @@ def test_backfill_is_bit_identical_to_partitions_alone(tmp_path, path):
     for key in keys[::6]:
         assert_frame_equal(together[key], PolarsEngine().compute(feature, [key])[key], check_exact=True)
         assert_frame_equal(together[key], PolarsEngine().compute(feature, keys[keys.index(key) :])[key], check_exact=True)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "delta"])
+def test_csv_and_delta_sources_give_the_parquet_result(tmp_path, fmt):
+    rng = np.random.default_rng(5)
+    n = 500
+    events = pl.DataFrame({
+        "customer_id": rng.choice(["a", "b", "c", "d"], n),
+        "ts": np.datetime64("2023-12-20", "us") + rng.integers(0, 20 * 86_400, n).astype("timedelta64[s]").astype("timedelta64[us]"),
+        "amount": np.round(rng.uniform(0, 100, n), 2),
+    })
+    events.write_parquet(tmp_path / "events.parquet")
+    if fmt == "csv":
+        events.write_csv(tmp_path / "events.csv")
+        other = Source(str(tmp_path / "events.csv"), timestamp="ts")
+    else:
+        events.write_delta(tmp_path / "events_delta")
+        other = Source(str(tmp_path / "events_delta"), timestamp="ts")
+    assert other.format == fmt
+    keys = [f"2024-01-0{i}" for i in range(1, 8)]
+    want = PolarsEngine().compute(rolling_feature(Source(str(tmp_path / "events.parquet"), timestamp="ts"), ["1d", "3d"], {"amount": ["sum", "count", "max"]}), keys)
+    got = PolarsEngine().compute(rolling_feature(other, ["1d", "3d"], {"amount": ["sum", "count", "max"]}), keys)
+    for key in keys:
+        assert_frame_equal(got[key], want[key], check_exact=True)
+
+
+def test_source_fingerprint_follows_content_not_mtime(tmp_path):
+    path = tmp_path / "events.parquet"
+    pl.DataFrame({"customer_id": ["a"], "ts": [d("2024-01-01T01:00")], "amount": [1.0]}).write_parquet(path)
+    source = Source(str(path), timestamp="ts")
+    first = source.fingerprint()
+    path.write_bytes(path.read_bytes())  # new mtime, same bytes
+    assert source.fingerprint() == first
+    pl.DataFrame({"customer_id": ["a"], "ts": [d("2024-01-01T01:00")], "amount": [2.0]}).write_parquet(path)
+    assert source.fingerprint() != first
+    assert Source("s3://bucket/events.parquet", timestamp="ts").fingerprint() is None

@@ -257,7 +257,7 @@ def test_layout_and_manifest_fields(tmp_path):
         assert (feature_dir / entry["file"]).is_file()
     for stamp in (latest["created_at"], latest["updated_at"]):
         assert datetime.fromisoformat(stamp).tzinfo is not None
-    assert latest["change"]["bump"] == "added" and latest["change"]["partition"] == "2024-01-02"
+    assert latest["change"]["bump"] == "added" and latest["change"]["partitions"] == ["2024-01-02"]
 
 
 def test_gitignore_keeps_data_out_and_metadata_in(tmp_path):
@@ -309,7 +309,7 @@ def test_version_rules_step_by_step(tmp_path):
     m = store.manifest(FEATURE)
     assert m["parent_version"] == "1.0.0"
     assert m["partitions"]["b"] == latest_100["partitions"]["b"]  # inherited, same file
-    assert m["change"]["replaced_file"] == latest_100["partitions"]["a"]["file"]
+    assert m["change"]["replaced_files"] == {"a": latest_100["partitions"]["a"]["file"]}
     assert store.manifest(FEATURE, "1.0.0") == latest_100  # frozen
     assert_same_rows(store.read(FEATURE, version="1.0.0"), pl.concat([a0, b0]))  # pinned read: old data
     assert_same_rows(store.read(FEATURE), pl.concat([a1, b0]))
@@ -773,3 +773,54 @@ def test_read_columns_and_partitions_on_a_pinned_version(tmp_path):
     got = store.read(FEATURE, version="1.0.0", partitions=["b", "c"], columns=["spend", "customer_id"])
     assert got.columns == ["spend", "customer_id"]
     assert_same_rows(got, pl.concat([old["b"], old["c"]]).select("spend", "customer_id"))
+
+
+# ---- batched writes (a ranged backfill commits its partitions together) --------------------------
+
+
+def write_many(store: VersionedStore, frames: dict, *, lineage: dict | None = None, config: str = "cfg1"):
+    return store.write_partitions(FEATURE, frames, keys=KEYS, timestamp=TS, config_hash=config, lineage=lineage)
+
+
+def test_batch_write_is_one_version_change(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    results = write_many(store, {p: make_frame(p) for p in ("a", "b", "c")})
+    assert {(r.version, r.bump) for r in results} == {("1.0.0", "initial")}
+    assert store.versions(FEATURE) == ["1.0.0"]
+
+    # Two partitions change, one is new, one is identical: one PATCH for the whole batch.
+    results = write_many(store, {"a": make_frame("a", seed=1), "b": make_frame("b", seed=1), "c": make_frame("c"), "d": make_frame("d")})
+    assert {r.partition: (r.version, r.bump) for r in results} == {
+        "a": ("1.0.1", "patch"), "b": ("1.0.1", "patch"), "c": ("1.0.1", "unchanged"), "d": ("1.0.1", "added")}
+    assert store.versions(FEATURE) == ["1.0.0", "1.0.1"]
+    latest = store.latest(FEATURE)
+    assert latest["change"]["bump"] == "patch" and latest["change"]["partitions"] == ["a", "b", "d"]
+    assert sorted(latest["change"]["replaced_files"]) == ["a", "b"]
+    assert_same_rows(store.read(FEATURE), pl.concat([make_frame("a", seed=1), make_frame("b", seed=1), make_frame("c"), make_frame("d")]))
+    assert_same_rows(store.read(FEATURE, version="1.0.0"), pl.concat([make_frame(p) for p in ("a", "b", "c")]))
+
+
+def test_identical_batch_changes_nothing_but_records_new_lineage(tmp_path):
+    root = tmp_path / "store"
+    store = LocalStore(root)
+    frames = {p: make_frame(p) for p in ("a", "b")}
+    write_many(store, frames, lineage={"source_fingerprint": "one"})
+    before = tree(root)
+    assert {r.bump for r in write_many(store, frames, lineage={"source_fingerprint": "one"})} == {"unchanged"}
+    assert tree(root) == before  # not a byte changed
+    results = write_many(store, frames, lineage={"source_fingerprint": "two"})
+    assert {(r.version, r.bump) for r in results} == {("1.0.0", "unchanged")}
+    latest = store.latest(FEATURE)
+    assert {p: e["lineage"]["source_fingerprint"] for p, e in latest["partitions"].items()} == {"a": "two", "b": "two"}
+    assert latest["change"]["bump"] == "initial"  # the last real change is still the one shown
+    assert [p for p in tree(root) if p.endswith(".parquet")] == [p for p in before if p.endswith(".parquet")]
+
+
+def test_batch_with_inconsistent_schemas_is_refused_and_changes_nothing(tmp_path):
+    root = tmp_path / "store"
+    store = LocalStore(root)
+    write_many(store, {"a": make_frame("a")})
+    before = tree(root)
+    with pytest.raises(StoreError, match="different schema"):
+        write_many(store, {"b": make_frame("b"), "c": make_frame("c", extra=True)})
+    assert tree(root) == before

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+
 import dagster as dg
 import polars as pl
 
@@ -94,6 +96,18 @@ def _markdown(frame: pl.DataFrame) -> str:
     return head + "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in frame.iter_rows())
 
 
+def lineage_fingerprint(feature: Feature, engine: Engine) -> str | None:
+    """What a partition was computed from: source content, engine and library version (None when unknown)."""
+    source = feature.source.fingerprint()
+    if source is None:
+        return None
+    try:
+        version = importlib.metadata.version("feature_pipelines")
+    except importlib.metadata.PackageNotFoundError:
+        version = "dev"
+    return f"{source}:{engine.name}:{version}"
+
+
 def build_feature_asset(feature: Feature, engine: Engine | None = None, io_manager_key: str = "feature_store") -> dg.AssetsDefinition:
     """One time-partitioned asset per feature: code_version = config hash, validators as blocking checks.
 
@@ -137,6 +151,8 @@ def build_feature_asset(feature: Feature, engine: Engine | None = None, io_manag
     def _asset(context):  # AssetExecutionContext (string annotations are not accepted here)
         partition_keys = list(context.partition_keys)
         context.log.info(f"computing {feature.name} for {len(partition_keys)} partition(s) with the {engine.name} engine")
+        # Taken before reading: if the source changes mid-run, the next build sees a new fingerprint.
+        fingerprint = lineage_fingerprint(feature, engine)
         frames = engine.compute(feature, partition_keys)
         results = run_checks(feature, frames, key)
         failed = [r for r in results if not r.passed]
@@ -147,7 +163,7 @@ def build_feature_asset(feature: Feature, engine: Engine | None = None, io_manag
                 + "; ".join(r.description for r in failed),
                 metadata={r.check_name: r.description for r in failed},
             )
-        yield dg.Output(frames)
+        yield dg.Output(frames, metadata={"source_fingerprint": fingerprint or "unknown"})
         yield from results
 
     return _asset
@@ -163,4 +179,4 @@ def build_job_and_schedule(feature: Feature) -> tuple[dg.UnresolvedAssetJobDefin
     return job, schedule
 
 
-__all__ = ["build_feature_asset", "build_job_and_schedule", "partitions_def", "run_checks"]
+__all__ = ["build_feature_asset", "build_job_and_schedule", "lineage_fingerprint", "partitions_def", "run_checks"]

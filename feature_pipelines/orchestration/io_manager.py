@@ -1,8 +1,9 @@
 """The IO manager that keeps feature partitions in the versioned offline store.
 
 Dagster's UPathIOManager refuses ranged outputs, so this one handles `asset_partition_keys` itself:
-a single-run backfill hands it {partition_key: frame} and every partition is committed separately,
-each with its own version metadata on its own materialization event.
+a single-run backfill hands it {partition_key: frame}; every partition gets its own immutable file
+and its own materialization event with version metadata, and the run's partitions are committed
+together (one version change per run, not one per partition).
 """
 
 from __future__ import annotations
@@ -60,10 +61,14 @@ class FeatureStoreIOManager(dg.ConfigurableIOManager):
                 f"{type(obj).__name__}{' with keys ' + str(list(obj)[:3]) if isinstance(obj, dict) else ''}"
             )
         store = self.store()
+        fingerprint = (context.output_metadata or {}).get("source_fingerprint")
+        fingerprint = getattr(fingerprint, "value", fingerprint)
+        lineage = {"source_fingerprint": fingerprint} if fingerprint and fingerprint != "unknown" else None
         info = {"granularity": meta.get("feature_pipelines/granularity"), "ttl": meta.get("feature_pipelines/ttl")}
-        for key in partition_keys:
-            frame = frames[key]
-            result = store.write_partition(feature, key, frame, keys=keys, timestamp=timestamp, config_hash=config_hash, info=info)
+        results = store.write_partitions(feature, {k: frames[k] for k in partition_keys}, keys=keys, timestamp=timestamp,
+                                         config_hash=config_hash, info=info, lineage=lineage)
+        for result in results:
+            key, frame = result.partition, frames[result.partition]
             context.log.debug(f"{feature} {key}: {result.bump} → version {result.version} ({result.rows} rows)")
             metadata = commit_metadata(result, frame, store)
             if len(partition_keys) == 1:

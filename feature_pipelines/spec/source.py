@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import xxhash
 
 from feature_pipelines.errors import DataError, DefinitionError
 
@@ -38,6 +40,31 @@ class Source:
         if self.base is None or "://" in self.path or Path(self.path).is_absolute():
             return self.path
         return str(Path(self.base) / self.path)
+
+    def fingerprint(self) -> str | None:
+        """A digest of the source's current content (local files and Delta tables), None when unknown.
+
+        Builds record it per partition so `feature-pipelines build` can skip a range that is already
+        materialized from the same data with the same definition. Content, not mtimes: rewriting a
+        file with identical bytes keeps the fingerprint.
+        """
+        where = self.location
+        if "://" in where:
+            return None
+        root = Path(where)
+        if self.format == "delta":
+            logs = sorted((root / "_delta_log").glob("*.json"))
+            return xxhash.xxh3_128_hexdigest(f"delta:{logs[-1].name}".encode()) if logs else None
+        files = sorted(Path(p) for p in glob.glob(where, recursive=True)) if any(ch in where for ch in "*?[") else [root]
+        digest = xxhash.xxh3_128()
+        for file in files:
+            if not file.is_file():
+                return None
+            digest.update(f"{file.name}:{file.stat().st_size}:".encode())
+            with file.open("rb") as handle:
+                while chunk := handle.read(1 << 22):
+                    digest.update(chunk)
+        return digest.hexdigest()
 
     def scan(self) -> pl.LazyFrame:
         """A lazy scan of the source; a missing path is a DataError naming it."""

@@ -184,35 +184,91 @@ class VersionedStore:
         timestamp: str,
         config_hash: str,
         info: dict | None = None,
+        lineage: dict | None = None,
     ) -> CommitResult:
-        """Store one partition's frame and commit it atomically; see the module docstring for versioning."""
+        """Store one partition's frame and commit it atomically; see `write_partitions`."""
+        (result,) = self.write_partitions(feature, {partition: frame}, keys=keys, timestamp=timestamp,
+                                          config_hash=config_hash, info=info, lineage=lineage)
+        return result
+
+    def write_partitions(
+        self,
+        feature: str,
+        frames: dict[str, pl.DataFrame],
+        *,
+        keys: list[str],
+        timestamp: str,
+        config_hash: str,
+        info: dict | None = None,
+        lineage: dict | None = None,
+    ) -> list[CommitResult]:
+        """Store partition frames (one file each) and commit them together in one atomic version change.
+
+        A backfill that changes many partitions therefore makes one PATCH, not one per partition.
+        `lineage` (opaque, e.g. the source fingerprint) is kept on each partition's entry; the store
+        records an unchanged partition's new lineage without changing the version.
+        """
         check_identifier(feature, "feature name")
-        missing = [c for c in [*keys, timestamp] if c not in frame.columns]
-        if missing:
-            raise StoreError(f"feature {feature!r} partition {partition!r}: frame lacks key/timestamp column(s) {missing}")
-        schema = schema_of(frame)
-        digest = content_hash(frame)
-        rows = frame.height
-        data: bytes | None = None
+        if not frames:
+            return []
+        prepared = {}
+        for partition, frame in frames.items():
+            missing = [c for c in [*keys, timestamp] if c not in frame.columns]
+            if missing:
+                raise StoreError(f"feature {feature!r} partition {partition!r}: frame lacks key/timestamp column(s) {missing}")
+            prepared[partition] = (frame, schema_of(frame), content_hash(frame))
+        schema = next(iter(prepared.values()))[1]
+        odd = [p for p, (_, s, _) in prepared.items() if s != schema]
+        if odd:
+            raise StoreError(f"feature {feature!r}: partitions {odd[:3]} have a different schema from {next(iter(prepared))!r} in one write")
+        written: dict[str, str] = {}  # data files already put, by relative path
         for _ in range(100):
             found = self.blobs.read(f"{feature}/{LATEST}")
             current, token = (json.loads(found[0]), found[1]) if found else (None, None)
-            version, bump, reason = self._decide(current, partition, digest, schema, config_hash)
-            if bump == "unchanged":
-                entry = current["partitions"][partition]
-                return self._result(feature, partition, current, bump, reason, entry)
-            if bump in ("initial", "major", "minor"):
-                base_partitions: dict = {}
-            else:
-                base_partitions = dict(current["partitions"])
-            existing = base_partitions.get(partition, {}).get("file")
-            rel = f"{version}/{_safe(partition)}-{digest[:16]}.parquet"
-            if data is None:
-                data = _parquet_bytes(frame)
-            if not self.blobs.exists(f"{feature}/{rel}"):
-                self.blobs.put(f"{feature}/{rel}", data)
+            version, bump, reason = self._decide_schema(current, schema, config_hash)
+            fresh = bump in ("initial", "major", "minor")
+            base_partitions: dict = {} if fresh else dict(current["partitions"])
+            outcome: dict[str, tuple[str, str]] = {}
+            for partition, (_, _, digest) in prepared.items():
+                entry = None if fresh else current["partitions"].get(partition)
+                if fresh:
+                    outcome[partition] = (bump, reason)
+                elif entry is None:
+                    outcome[partition] = ("added", f"partition {partition} added")
+                elif entry["content_hash"] == digest:
+                    outcome[partition] = ("unchanged", f"partition {partition} unchanged")
+                else:
+                    outcome[partition] = ("patch", f"partition {partition} data changed")
+            if not fresh:
+                patched = [p for p, (b, _) in outcome.items() if b == "patch"]
+                added = [p for p, (b, _) in outcome.items() if b == "added"]
+                if patched:
+                    version, bump = _bump(version, "patch"), "patch"
+                    reason = f"data changed in {_some(patched)}"
+                elif added:
+                    bump, reason = "added", f"added {_some(added)}"
+                else:
+                    bump, reason = "unchanged", "no partition changed"
+            stale_lineage = [p for p, (b, _) in outcome.items()
+                             if b == "unchanged" and lineage and current["partitions"][p].get("lineage") != lineage]
+            if bump == "unchanged" and not stale_lineage:
+                return [self._result(feature, p, current, "unchanged", outcome[p][1], current["partitions"][p]) for p in prepared]
             now = _now()
-            base_partitions[partition] = {"file": rel, "rows": rows, "content_hash": digest, "written_at": now}
+            replaced = {}
+            for partition, (frame, _, digest) in prepared.items():
+                part_bump = outcome[partition][0]
+                if part_bump == "unchanged":
+                    base_partitions[partition] = {**base_partitions[partition], **({"lineage": lineage} if lineage else {})}
+                    continue
+                rel = f"{version}/{_safe(partition)}-{digest[:16]}.parquet"
+                if rel not in written and not self.blobs.exists(f"{feature}/{rel}"):
+                    self.blobs.put(f"{feature}/{rel}", _parquet_bytes(frame))
+                written[rel] = partition
+                if partition in base_partitions:
+                    replaced[partition] = base_partitions[partition]["file"]
+                base_partitions[partition] = {"file": rel, "rows": frame.height, "content_hash": digest, "written_at": now,
+                                              **({"lineage": lineage} if lineage else {})}
+            changed = sorted(p for p, (b, _) in outcome.items() if b != "unchanged")
             new = {
                 "format": FORMAT,
                 "name": feature,
@@ -227,7 +283,8 @@ class VersionedStore:
                 "revision": (current or {}).get("revision", 0) + 1,
                 "created_at": now if not current or version != current["version"] else current["created_at"],
                 "updated_at": now,
-                "change": {"bump": bump, "reason": reason, "partition": partition, "replaced_file": existing},
+                "change": current["change"] if bump == "unchanged" else
+                {"bump": bump, "reason": reason, "partitions": changed, "replaced_files": replaced},
             }
             new["partitions"] = dict(sorted(base_partitions.items()))
             new["row_count"] = sum(p["rows"] for p in new["partitions"].values())
@@ -242,8 +299,8 @@ class VersionedStore:
                 committed = self.blobs.swap(f"{feature}/{LATEST}", blob, token)
             if committed:
                 self._save_manifest(feature, version, blob, new["revision"])
-                return self._result(feature, partition, new, bump, reason, new["partitions"][partition])
-        raise StoreError(f"feature {feature!r} partition {partition!r}: could not commit after 100 attempts (heavy contention?)")
+                return [self._result(feature, p, new, *outcome[p], new["partitions"][p]) for p in prepared]
+        raise StoreError(f"feature {feature!r}: could not commit {_some(list(prepared))} after 100 attempts (heavy contention?)")
 
     def _save_manifest(self, feature: str, version: str, blob: bytes, revision: int) -> None:
         """Write a version's .meta.json unless a newer revision is already there (a slow writer never regresses it)."""
@@ -273,7 +330,8 @@ class VersionedStore:
         )
 
     @staticmethod
-    def _decide(current: dict | None, partition: str, digest: str, schema: list, config_hash: str) -> tuple[str, str, str]:
+    def _decide_schema(current: dict | None, schema: list, config_hash: str) -> tuple[str, str, str]:
+        """The version change a write's schema and definition force: initial/major/minor, or '' (decided per partition)."""
         if current is None:
             return "1.0.0", "initial", "first build"
         version = current["version"]
@@ -291,12 +349,15 @@ class VersionedStore:
             return _bump(version, "minor"), "minor", f"column(s) added: {', '.join(added)}"
         if config_hash != current["config_hash"]:
             return _bump(version, "minor"), "minor", f"definition changed (config {current['config_hash']} → {config_hash})"
-        entry = current["partitions"].get(partition)
-        if entry is None:
-            return version, "added", f"partition {partition} added"
-        if entry["content_hash"] == digest:
-            return version, "unchanged", f"partition {partition} unchanged"
-        return _bump(version, "patch"), "patch", f"partition {partition} data changed"
+        return version, "", ""
+
+
+def _some(partitions: list[str]) -> str:
+    """'2024-01-01, 2024-01-02' or '2024-01-01 … 2024-03-30 (90 partitions)' for long lists."""
+    ordered = sorted(partitions)
+    if len(ordered) <= 3:
+        return f"partition{'s' if len(ordered) > 1 else ''} {', '.join(ordered)}"
+    return f"partitions {ordered[0]} … {ordered[-1]} ({len(ordered)})"
 
 
 def _safe(partition: str) -> str:
