@@ -3,6 +3,8 @@
 build_year      — compute (median of 3 fresh processes) a year of daily `customer_spend` (7d, 30d × 6 aggregations) from 1,000,000
                   transactions of 10,000 customers in one pass; floor: the same output hand-written in polars.
 build_next_day  — compute one more day after 30 days and after 3 years of history; ratio = 3y / 30d.
+training_*      — get_training_data for 100k / 1M labels on 10,000 customers x 365 days x 5 floats (1 or 5 features);
+                  floor: a bare polars join_asof on the same tables already in memory.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import resource
 import sys
 import tempfile
 import time
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +129,102 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-WORKLOADS = {"build_year": build_year, "build_next_day": build_next_day}
+# ---- training retrieval ------------------------------------------------------------------------
+
+TRAIN_CUSTOMERS, TRAIN_DAYS = 10_000, 365
+
+
+def _training_store(tmp: Path, n_features: int) -> tuple[Path, list[Feature]]:
+    """n features, each 10,000 customers x 365 daily rows x 5 float columns, in a local offline store."""
+    from feature_pipelines.store import LocalStore
+
+    root = tmp / "training_store"
+    store = LocalStore(root)
+    rng = np.random.default_rng(1)
+    customers = pl.Series("customer_id", [f"c{i:05d}" for i in range(TRAIN_CUSTOMERS)])
+    features = []
+    for f in range(n_features):
+        feature = Feature(name=f"bench_f{f}", entities=[Entity("customer", join_key="customer_id")], source=Source("unused.parquet", timestamp="ts"),
+                          start="2024-01-01", metrics=[Rolling(["7d"], {"amount": ["sum", "mean", "std", "min", "max"]})], ttl="2d")
+        features.append(feature)
+        if store.latest(feature.name):
+            continue
+        frames = {}
+        for day in range(TRAIN_DAYS):
+            start = date(2024, 1, 1) + timedelta(days=day)
+            stamp = pl.lit(datetime(start.year, start.month, start.day) + timedelta(days=1)).dt.replace_time_zone("UTC")
+            values = rng.random((TRAIN_CUSTOMERS, 5))
+            frames[start.isoformat()] = pl.DataFrame([customers, *[pl.Series(c, values[:, i]) for i, c in enumerate(feature.metric_columns)]]).select(
+                "customer_id", stamp.alias("feature_timestamp"), *feature.metric_columns)
+        store.write_partitions(feature.name, frames, keys=["customer_id"], timestamp="feature_timestamp", config_hash=feature.config_hash)
+    return root, features
+
+
+def _labels(n: int) -> pl.DataFrame:
+    rng = np.random.default_rng(2)
+    ts = np.datetime64("2024-01-01", "us") + rng.integers(0, TRAIN_DAYS * 86_400_000_000, n).astype("timedelta64[us]")
+    return pl.DataFrame({"customer_id": [f"c{i:05d}" for i in rng.integers(0, TRAIN_CUSTOMERS, n)], "label_time": ts, "label": rng.random(n) < 0.1}).with_columns(
+        pl.col("label_time").dt.replace_time_zone("UTC"))
+
+
+def _ours_training(root: Path, n_features: int, n_labels: int) -> tuple[float, int]:
+    import os
+
+    from feature_pipelines.registry import Registry
+    from feature_pipelines.retrieval import FeatureStore
+
+    env = root.parent / "env"
+    env.mkdir(exist_ok=True)
+    (env / "bench.yaml").write_text(f"offline_store:\n  kind: local\n  path: {root}\n")
+    os.environ["FEATURE_PIPELINES_ENV_DIR"] = str(env)
+    _, features = _training_store(root.parent, n_features)
+    registry = Registry()
+    for feature in features:
+        registry.add(feature)
+    labels = _labels(n_labels)
+    store = FeatureStore("bench", registry)
+    t0 = time.perf_counter()
+    frame = store.get_training_data([f.name for f in features], labels)
+    return time.perf_counter() - t0, frame.height
+
+
+def _floor_training(root: Path, n_features: int, n_labels: int) -> tuple[float, int]:
+    """Bare polars: the feature tables already in memory, sorted by time; sort labels, join_asof per feature."""
+    tables = [pl.read_parquet(sorted((root / f"bench_f{f}").glob("1.0.0/*.parquet"))) for f in range(n_features)]
+    labels = _labels(n_labels)
+    t0 = time.perf_counter()
+    out = labels.sort("label_time")
+    for f, table in enumerate(tables):
+        joined = out.join_asof(table.rename(lambda c: c if c == "customer_id" else f"f{f}_{c}"), left_on="label_time", right_on=f"f{f}_feature_timestamp",
+                               by="customer_id", strategy="backward", tolerance="2d", check_sortedness=False)
+        out = joined
+    return time.perf_counter() - t0, out.height
+
+
+def _training(tmp: Path, name: str, n_features: int, n_labels: int) -> dict:
+    root, _ = _training_store(tmp, n_features)
+    value, rows, rss = _median_of(3, _ours_training, root, n_features, n_labels)
+    floor, floor_rows, floor_rss = _median_of(3, _floor_training, root, n_features, n_labels)
+    assert rows == floor_rows == n_labels
+    return {"workload": name, "metric": "seconds", "value": round(value, 3), "floor": round(floor, 3), "ratio": round(value / floor, 2),
+            "peak_rss_mb": round(rss), "floor_peak_rss_mb": round(floor_rss), "rows": rows, "features": n_features,
+            "feature_rows": n_features * TRAIN_CUSTOMERS * TRAIN_DAYS, "machine": "2 cores"}
+
+
+def training_100k(tmp: Path) -> dict:
+    return _training(tmp, "training_100k", 1, 100_000)
+
+
+def training_1m(tmp: Path) -> dict:
+    return _training(tmp, "training_1m", 1, 1_000_000)
+
+
+def training_1m_5features(tmp: Path) -> dict:
+    return _training(tmp, "training_1m_5features", 5, 1_000_000)
+
+
+WORKLOADS = {"build_year": build_year, "build_next_day": build_next_day,
+             "training_100k": training_100k, "training_1m": training_1m, "training_1m_5features": training_1m_5features}
 
 
 def main() -> None:

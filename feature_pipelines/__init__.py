@@ -21,6 +21,7 @@ from feature_pipelines.spec.validators import (
     unique,
 )
 from feature_pipelines.store import LocalStore
+from feature_pipelines.retrieval import FeatureStore  # noqa: E402  (after the spec: it reads features)
 
 __all__ = [
     "AGGREGATIONS",
@@ -31,6 +32,7 @@ __all__ = [
     "Feature",
     "FeaturePipelinesError",
     "FeatureService",
+    "FeatureStore",
     "Latest",
     "LocalStore",
     "ProfileError",

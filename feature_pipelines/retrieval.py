@@ -1,85 +1,228 @@
-"""FeatureStore: what training code uses to read features (point-in-time correct)."""
+"""FeatureStore: what training and serving code use to read features.
+
+Training frames are point-in-time correct: each label row gets, per feature, the newest stored row
+of its entity with `feature_timestamp <= label time` (a row stamped t summarises events before t,
+so it is knowable at t) and, when the feature has a ttl, `label time - feature_timestamp <= ttl`;
+otherwise nulls. Naive label timestamps are UTC, aware ones are converted exactly; times are
+compared at microsecond precision.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
 import polars as pl
 
-from feature_pipelines.errors import DataError, DefinitionError
+from feature_pipelines.errors import DataError, DefinitionError, StoreError
 from feature_pipelines.keys import with_surrogate_key
 from feature_pipelines.profiles import load_profile
 from feature_pipelines.registry import Registry, load_registry
 from feature_pipelines.spec.feature import FEATURE_TIMESTAMP, Feature, FeatureService
 
+_TS = "__label_us"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass
+class _Request:
+    """One feature at one version, with the columns asked for (None = all)."""
+
+    feature: Feature
+    version: str | None
+    columns: list[str] | None
+
 
 class FeatureStore:
-    """Reads features from the offline store of a profile (default: $FEATURE_PIPELINES_PROFILE or 'dev')."""
+    """Reads features from the stores of a profile (default: $FEATURE_PIPELINES_PROFILE or 'dev')."""
 
     def __init__(self, profile: str | None = None, registry: Registry | None = None) -> None:
         self.profile = load_profile(profile)
         self.offline = self.profile.offline_store()
         self.registry = registry or load_registry()
 
-    def _resolve(self, features: list) -> list[tuple[Feature, str | None, list[str] | None]]:
-        """(feature, pinned version, columns) for names, 'name@1.2.0', 'name:column' and FeatureServices."""
-        out: dict[tuple[str, str | None], list[str] | None] = {}
-        items: list = []
+    # ---- resolving what was asked for ------------------------------------------------------
+
+    def _feature(self, item: Feature | str) -> Feature:
+        if isinstance(item, Feature):
+            return item
+        return self.registry.feature(item)
+
+    def _resolve(self, features) -> list[_Request]:
+        """Requests for names, 'name@1.2.0', 'name:column', 'name@1.2.0:column', Features and FeatureServices."""
+        if isinstance(features, (str, Feature, FeatureService)):
+            features = [features]
+        refs: list[Feature | str] = []
         for item in features:
-            items += item.references if isinstance(item, FeatureService) else [item.name if isinstance(item, Feature) else item]
-        for ref in items:
-            name, _, column = ref.partition(":")
-            name, _, version = name.partition("@")
-            key = (name, version or None)
-            if column:
-                if out.get(key, []) is not None:
-                    out[key] = [*(out.get(key) or []), column]
+            if isinstance(item, str) and item in self.registry.services:
+                item = self.registry.services[item]
+            if isinstance(item, FeatureService):
+                refs += [self.registry.feature(r) if isinstance(r, str) and r in self.registry.features else r for r in item.features]
+            elif isinstance(item, (str, Feature)):
+                refs.append(item)
             else:
-                out[key] = None
-        resolved = []
-        for (name, version), columns in out.items():
-            feature = self.registry.feature(name)
-            for c in columns or []:
-                if c not in feature.metric_columns:
-                    raise DefinitionError(f"feature {name!r} has no column {c!r}; columns: {feature.metric_columns}")
-            resolved.append((feature, version, columns))
-        return resolved
+                raise DefinitionError(f"features must be names, Features or FeatureServices; got {type(item).__name__}: {item!r}")
+        requests: dict[str, _Request] = {}
+        for ref in refs:
+            if isinstance(ref, Feature):
+                name, version, column = ref.name, None, ""
+            else:
+                head, _, column = ref.partition(":")
+                name, _, version = head.partition("@")
+            feature = self._feature(ref if isinstance(ref, Feature) else name)
+            version = version or None
+            known = requests.get(feature.name)
+            if known is None:
+                requests[feature.name] = _Request(feature, version, [column] if column else None)
+                continue
+            if known.version != version:
+                raise DefinitionError(
+                    f"feature {feature.name!r} is requested at two versions ({known.version or 'newest'} and "
+                    f"{version or 'newest'}); its columns would collide — request one version per call"
+                )
+            if not column:
+                known.columns = None
+            elif known.columns is not None and column not in known.columns:
+                known.columns.append(column)
+        return list(requests.values())
 
-    def get_training_data(self, features: list, entity_df, timestamp: str = "label_time") -> pl.DataFrame:
-        """Each input row gets the newest feature row with feature_timestamp <= its timestamp (and within ttl).
+    # ---- training --------------------------------------------------------------------------
 
-        Input rows and order are kept; feature columns are named `<feature>__<column>`. Naive label
-        timestamps are read as UTC, aware ones converted to UTC.
+    def get_training_data(self, features, entity_df, timestamp: str = "label_time") -> pl.DataFrame:
+        """The input rows, in input order and untouched, plus `<feature>__<column>` values as of each row's time.
+
+        `features`: names, 'name@1.2.0' pins (default newest version), 'name:column' subsets,
+        Features or FeatureServices. `entity_df` (polars or pandas) holds `timestamp` and each
+        feature's join keys, or the PII columns of an entity with `from_columns`.
+        Only the requested columns are read, and only partitions that can match the label times.
         """
-        labels = entity_df if isinstance(entity_df, pl.DataFrame) else pl.from_pandas(entity_df)
+        labels = _as_polars(entity_df)
+        requests = self._resolve(features)
         if timestamp not in labels.columns:
-            raise DataError(f"entity_df has no timestamp column {timestamp!r}; columns: {labels.columns}")
+            raise DataError(f"entity_df has no timestamp column {timestamp!r}; its columns are {labels.columns}")
         dtype = labels.schema[timestamp]
         if not isinstance(dtype, pl.Datetime):
-            raise DataError(f"entity_df column {timestamp!r} has dtype {dtype}, expected Datetime")
-        ts = pl.col(timestamp).cast(pl.Datetime("us", dtype.time_zone))
-        ts = ts.dt.replace_time_zone("UTC") if dtype.time_zone is None else ts.dt.convert_time_zone("UTC")
-        work = labels.with_row_index("__row").with_columns(ts.alias("__label_ts"))
-        out = work
-        for feature, version, columns in self._resolve(features):
-            for key, cols in feature.derived_keys.items():
-                if key not in work.columns:
-                    work = with_surrogate_key(work, key, list(cols))
-            missing = [k for k in feature.join_keys if k not in work.columns]
-            if missing:
-                raise DataError(f"entity_df lacks join key(s) {missing} of feature {feature.name!r}; columns: {labels.columns}")
-            wanted = columns or feature.metric_columns or None
-            rows = self.offline.scan(feature.name, version)
-            names = rows.collect_schema().names()
-            wanted = wanted or [c for c in names if c not in (*feature.join_keys, FEATURE_TIMESTAMP)]
-            rows = rows.select(*feature.join_keys, FEATURE_TIMESTAMP, *wanted).sort(FEATURE_TIMESTAMP).collect()
-            left = work.select("__row", "__label_ts", *feature.join_keys).sort("__label_ts")
-            rows = rows.with_columns(pl.col(FEATURE_TIMESTAMP).alias("__ft"))
-            joined = left.join_asof(rows, left_on="__label_ts", right_on=FEATURE_TIMESTAMP, by=feature.join_keys, strategy="backward", check_sortedness=False)
-            if feature.ttl_us:
-                stale = pl.col("__label_ts") - pl.col("__ft") > pl.duration(microseconds=feature.ttl_us)
-                joined = joined.with_columns([pl.when(stale).then(None).otherwise(pl.col(c)).alias(c) for c in wanted])
-            joined = joined.select("__row", *[pl.col(c).alias(f"{feature.name}__{c}") for c in wanted])
-            out = out.join(joined, on="__row", how="left")
-        return out.sort("__row").drop("__row", "__label_ts")
+            raise DataError(
+                f"entity_df column {timestamp!r} has dtype {dtype}, expected Datetime (naive values are read as UTC); "
+                "parse strings with pl.col(...).str.to_datetime() and turn dates into datetimes explicitly"
+            )
+        # Epoch microseconds are zone-free: aware values convert exactly, naive ones count as UTC.
+        work = labels.select(pl.col(timestamp).dt.epoch("us").alias(_TS), *[pl.col(c) for c in labels.columns if c != timestamp])
+        n = work.height
+        order = work[_TS].arg_sort(nulls_last=True).to_numpy()  # stable
+        inverse = np.empty(n, dtype=np.int64)
+        inverse[order] = np.arange(n)
+        ts_sorted = work[_TS].gather(order)
+        valid_ts = ts_sorted.drop_nulls()
+        lo, hi = (valid_ts.min(), valid_ts.max()) if len(valid_ts) else (None, None)
+
+        outputs: list[pl.Series] = []
+        for request in requests:
+            feature = request.feature
+            work = _with_join_keys(work, feature, labels.columns)
+            manifest = self.offline.manifest(feature.name, request.version)
+            stored = [c["name"] for c in manifest["columns"] if c["name"] not in (*manifest["keys"], manifest["timestamp_column"])]
+            columns = request.columns or stored
+            unknown = [c for c in columns if c not in stored]
+            if unknown:
+                raise DefinitionError(
+                    f"feature {feature.name!r} version {manifest['version']} has no column(s) {unknown}; its columns are {stored}"
+                )
+            names = [f"{feature.name}__{c}" for c in columns]
+            clash = [c for c in names if c in labels.columns]
+            if clash:
+                raise DataError(f"entity_df already has column(s) {clash}; rename them, they would collide with feature values")
+            keys = list(manifest["keys"])
+            ttl_us = feature.ttl_us
+            rows = self._rows_for(feature, manifest, keys, columns, lo, hi, ttl_us)
+            left = work.select(*keys, _TS)[order]
+            left = _align_keys(left, rows, keys, feature.name)
+            joined = left.set_sorted(_TS).join_asof(
+                rows.set_sorted("__ft"),
+                left_on=_TS,
+                right_on="__ft",
+                by=keys,
+                strategy="backward",
+                tolerance=ttl_us if ttl_us else None,
+                check_sortedness=False,
+            )
+            outputs += [joined[c].gather(inverse).alias(name) for c, name in zip(columns, names)]
+        return labels.hstack(outputs)
+
+    def _rows_for(self, feature: Feature, manifest: dict, keys: list[str], columns: list[str], lo, hi, ttl_us) -> pl.DataFrame:
+        """The stored rows that can match labels in [lo, hi]: keys, value columns and `__ft` (epoch µs), sorted by time."""
+        grain = feature.grain
+        wanted = []
+        if lo is not None:
+            for key in sorted(manifest["partitions"]):
+                start = grain.parse_key(key)
+                start_us, end_us = _epoch_us(start), _epoch_us(grain.next(start))
+                # Rows of a partition are stamped within [its start, its end].
+                if start_us <= hi and (not ttl_us or end_us >= lo - ttl_us):
+                    wanted.append(key)
+        frame = self.offline.scan(feature.name, manifest["version"], wanted)
+        select = [*keys, pl.col(manifest["timestamp_column"]).dt.epoch("us").alias("__ft"), *columns]
+        try:
+            rows = frame.select(select).collect()
+        except (OSError, pl.exceptions.ComputeError) as err:
+            raise StoreError(
+                f"feature {feature.name!r} version {manifest['version']}: a data file could not be read ({err}); "
+                "if data files are missing after a clone, run `feature-pipelines sync`"
+            ) from err
+        if not rows["__ft"].is_sorted():
+            rows = rows.sort("__ft", maintain_order=True)
+        return rows
+
+
+def _epoch_us(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _as_polars(frame) -> pl.DataFrame:
+    if isinstance(frame, pl.DataFrame):
+        return frame
+    if isinstance(frame, pl.LazyFrame):
+        return frame.collect()
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas is optional
+        pd = None
+    if pd is not None and isinstance(frame, pd.DataFrame):
+        return pl.from_pandas(frame)
+    raise DataError(f"entity_df must be a polars or pandas DataFrame, got {type(frame).__name__}")
+
+
+def _with_join_keys(work: pl.DataFrame, feature: Feature, input_columns: list[str]) -> pl.DataFrame:
+    """Add surrogate keys computed from PII columns where needed; fail clearly when a key cannot be had."""
+    for key, cols in feature.derived_keys.items():
+        if key in work.columns:
+            continue
+        missing = [c for c in cols if c not in work.columns]
+        if missing:
+            raise DataError(
+                f"feature {feature.name!r} needs join key {key!r} or the columns it is derived from {list(cols)}; "
+                f"entity_df lacks {missing} (its columns are {input_columns})"
+            )
+        work = with_surrogate_key(work, key, list(cols))
+    missing = [k for k in feature.join_keys if k not in work.columns]
+    if missing:
+        raise DataError(f"entity_df lacks join key(s) {missing} of feature {feature.name!r}; its columns are {input_columns}")
+    return work
+
+
+def _align_keys(left: pl.DataFrame, rows: pl.DataFrame, keys: list[str], name: str) -> pl.DataFrame:
+    """Cast label keys to the stored key dtypes when that is lossless; otherwise say which key differs."""
+    casts = []
+    for key in keys:
+        want, have = rows.schema[key], left.schema[key]
+        if want == have:
+            continue
+        try:
+            casts.append(left[key].cast(want, strict=True))
+        except pl.exceptions.InvalidOperationError as err:
+            raise DataError(f"entity_df column {key!r} has dtype {have}, but feature {name!r} stores it as {want}: {err}") from err
+    return left.with_columns(casts) if casts else left
 
 
 __all__ = ["FeatureStore"]

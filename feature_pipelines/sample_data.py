@@ -29,6 +29,7 @@ def transactions(rows: int = 200_000, customers: int = 2_000, merchants: int = 3
     dob = np.datetime64("1950-01-01") + (np.arange(customers) * 7919 % 18_000).astype("timedelta64[D]")
     offsets = rng.integers(0, days * 86_400_000_000, rows).astype("timedelta64[us]")
     amount = np.round(rng.lognormal(3.5, 1.1, rows), 2).clip(0.5, 50_000)
+    risky = (np.arange(customers) * 2_654_435_761) % 100 < 10
     frame = pl.DataFrame(
         {
             "transaction_id": [f"t{i:08d}" for i in range(rows)],
@@ -40,7 +41,9 @@ def transactions(rows: int = 200_000, customers: int = 2_000, merchants: int = 3
             "amount": amount,
             "channel": np.array(["web", "pos", "app"])[rng.integers(0, 3, rows)],
             "country": np.array(["GB", "FR", "DE", "US", "NL"])[rng.integers(0, 5, rows)],
-            "status": np.where(rng.random(rows) < 0.97, "approved", "declined"),
+            # One customer in ten is risky: 30% of their attempts are declined (else 1%),
+            # so spend and velocity features carry a signal the example model can learn.
+            "status": np.where(rng.random(rows) < np.where(risky[cust], 0.3, 0.01), "declined", "approved"),
         }
     )
     frame = frame.with_columns(pl.col("timestamp").dt.replace_time_zone("UTC"), pl.col("date_of_birth").cast(pl.Date))

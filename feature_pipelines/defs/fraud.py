@@ -37,6 +37,13 @@ def customer_velocity(events: pl.LazyFrame) -> pl.LazyFrame:
     return events
 
 
+@feature(entities=[customer], metrics=[Rolling(windows=["7d", "30d"], aggregations={"declined": ["sum", "mean"]})],
+         ttl="2d", online=True, **COMMON)
+def customer_declines(events: pl.LazyFrame) -> pl.LazyFrame:
+    """How often a customer's recent attempts were declined: the strongest fraud signal in the example."""
+    return events.with_columns(declined=(pl.col("status") == "declined").cast(pl.Float64))
+
+
 @feature(entities=[customer_merchant], metrics=[Rolling(windows=["30d", "90d"], aggregations={"amount": ["sum", "count", "mean"]})],
          validators=AMOUNT_RULES, ttl="7d", **COMMON)
 def customer_merchant_affinity(events: pl.LazyFrame) -> pl.LazyFrame:
@@ -53,6 +60,6 @@ def customer_latest_transaction(events: pl.LazyFrame) -> pl.LazyFrame:
 
 fraud_model = FeatureService(
     "fraud_model",
-    features=[customer_spend, customer_velocity, customer_latest_transaction, merchant_spend],
+    features=[customer_spend, customer_velocity, customer_declines, customer_latest_transaction, merchant_spend],
     description="Inputs of the card-fraud classifier.",
 )
