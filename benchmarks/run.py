@@ -3,6 +3,7 @@
 build_year      — compute (median of 3 fresh processes) a year of daily `customer_spend` (7d, 30d × 6 aggregations) from 1,000,000
                   transactions of 10,000 customers in one pass; floor: the same output hand-written in polars.
 build_next_day  — compute one more day after 30 days and after 3 years of history; ratio = 3y / 30d.
+online_*        — in benchmarks/online.py (publish, in-process reads, HTTP against a redis-server it starts).
 training_*      — get_training_data for 100k / 1M labels on 10,000 customers x 365 days x 5 floats (1 or 5 features);
                   floor: a bare polars join_asof on the same tables already in memory.
 """
@@ -227,12 +228,19 @@ WORKLOADS = {"build_year": build_year, "build_next_day": build_next_day,
              "training_100k": training_100k, "training_1m": training_1m, "training_1m_5features": training_1m_5features}
 
 
+def _online_workloads() -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import online  # noqa: PLC0415 - benchmarks/online.py: the online_* workloads (they start their own redis-server)
+
+    return online.WORKLOADS
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", default="", help="workload name prefix")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        for name, fn in WORKLOADS.items():
+        for name, fn in {**WORKLOADS, **_online_workloads()}.items():
             if name.startswith(args.only):
                 print(json.dumps(fn(Path(tmp))), flush=True)
 

@@ -105,6 +105,29 @@ def build(registry: Registry, names: list[str] | None, tags: list[str] | None, s
     return summary
 
 
+def publish(registry: Registry, names: list[str] | None, tags: list[str] | None, start: str | None, end: str | None,
+            profile: str | None) -> None:
+    """Push the newest row per entity of materialized partitions (default: all) of online features, newer-wins."""
+    from feature_pipelines.orchestration.publish import publish_partitions
+
+    chosen = [f for f in registry.select(names, tags) if f.online or names]
+    store = load_profile(profile).offline_store()
+    for feature in chosen:
+        if not feature.online:
+            raise FeaturePipelinesError(f"feature {feature.name!r} is not served online (online=False in its definition)")
+        manifest = store.latest(feature.name)
+        if manifest is None:
+            print(f"  {feature.name}: nothing materialized yet; skipped")
+            continue
+        have = sorted(manifest["partitions"])
+        keys = [k for k in have if (start is None or k >= start) and (end is None or k <= end)]
+        if not keys:
+            raise FeaturePipelinesError(f"feature {feature.name!r} has no materialized partition in {start} … {end}; it has {have[0]} … {have[-1]}")
+        result = publish_partitions(feature, keys, None, profile)
+        print(f"  {feature.name} {result.version}: {len(keys)} partition(s), {result.rows} entities → {result.written} written, "
+              f"{result.skipped} not newer, to {result.store} in {result.seconds:.2f}s")
+
+
 def features_table(registry: Registry, profile: str | None) -> pl.DataFrame:
     store = load_profile(profile).offline_store()
     rows = []
@@ -147,6 +170,13 @@ def demo(registry: Registry, profile: str | None) -> None:
         frame = store.get_training_data(["customer_spend:amount_sum_7d", "customer_spend:amount_count_30d", "customer_velocity", "merchant_spend:amount_mean_30d"], labels)
         print("\nA point-in-time training frame (each label sees only features stamped at or before its time):")
         print(frame.drop("first_name", "last_name", "date_of_birth"))
+        print(f"\npublishing the online features to {load_profile(profile).online_store().description}")
+        publish(registry, None, None, DEMO_START, end, profile)
+        online = store.get_online_features(["customer_spend:amount_sum_7d", "customer_velocity", "merchant_spend:amount_mean_30d"],
+                                           labels.select("first_name", "last_name", "date_of_birth", "merchant_id").head(3).to_dicts())
+        store.close()
+        print("\nAn online lookup (newest published values; what `feature-pipelines serve` returns):")
+        print(online.drop("first_name", "last_name", "date_of_birth"))
     print(f"\ndemo finished in {time.perf_counter() - t0:.1f}s")
 
 
@@ -194,6 +224,16 @@ def main(argv: list[str] | None = None) -> int:
     p_build.add_argument("--start")
     p_build.add_argument("--end")
     p_build.add_argument("--force", action="store_true", help="rebuild even when the range is up to date")
+    p_pub = sub.add_parser("publish", help="push materialized partitions of online features to the online store")
+    p_pub.add_argument("--features", help="comma-separated feature names (default: every online feature)")
+    p_pub.add_argument("--tags", action="append")
+    p_pub.add_argument("--partition")
+    p_pub.add_argument("--start")
+    p_pub.add_argument("--end")
+    p_serve = sub.add_parser("serve", help="serve online features over HTTP (GET /health, GET /features, POST /online-features)")
+    p_serve.add_argument("--host", default="127.0.0.1")
+    p_serve.add_argument("--port", type=int, default=8080)
+    p_serve.add_argument("--max-batch", type=int, default=1000, help="most entities per request")
     sub.add_parser("profile", help="show the resolved profile (secrets masked)")
     sub.add_parser("sync", help="rebuild data files missing on disk from committed metadata")
     p_gen = sub.add_parser("generate", help="write the example transactions parquet")
@@ -238,6 +278,24 @@ def _run(args) -> int:
         end = args.partition or args.end or start
         names = args.features.split(",") if args.features else None
         build(registry, names, args.tags, start, end, args.profile, force=args.force)
+    elif args.command == "publish":
+        start = args.partition or args.start
+        end = args.partition or args.end
+        publish(registry, args.features.split(",") if args.features else None, args.tags, start, end, args.profile)
+    elif args.command == "serve":
+        from feature_pipelines.retrieval import FeatureStore
+        from feature_pipelines.serving import make_server
+
+        store = FeatureStore(args.profile, registry)
+        server = make_server(store, args.host, args.port, args.max_batch)
+        print(f"serving online features from {store.online.description} on http://{args.host}:{server.server_address[1]}", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+            store.close()
     elif args.command == "profile":
         profile = load_profile(args.profile)
         print(json.dumps({"profile": profile.name, "file": str(profile.path), "settings": profile.masked()}, indent=2))

@@ -55,6 +55,27 @@ class Profile:
             return LocalStore(path if path.is_absolute() else self.root / path)
         raise ProfileError(f"profile {self.name!r} ({self.path}): offline_store kind {kind!r} is not supported; expected 'local'")
 
+    def online_store(self):
+        """Build the online store this profile selects: `sqlite` (embedded, the default) or `redis`."""
+        cfg = dict(self.settings.get("online_store") or {"kind": "sqlite"})
+        kind = cfg.pop("kind", "sqlite")
+        where = f"profile {self.name!r} ({self.path}): online_store"
+        if kind == "sqlite":
+            from feature_pipelines.online import SQLiteOnlineStore
+
+            path = Path(cfg.pop("path", "./online_store.sqlite"))
+            _no_extra(cfg, where)
+            return SQLiteOnlineStore(path if path.is_absolute() else self.root / path)
+        if kind == "redis":
+            from feature_pipelines.online import RedisOnlineStore
+
+            allowed = {"url", "host", "port", "db", "password", "ssl", "key_prefix"}
+            _no_extra({k: v for k, v in cfg.items() if k not in allowed}, where)
+            if not cfg.get("password"):
+                cfg.pop("password", None)  # `${REDIS_PASSWORD:-}` unset: no AUTH
+            return RedisOnlineStore(**cfg)
+        raise ProfileError(f"{where} kind {kind!r} is not supported; expected 'sqlite' or 'redis'")
+
     def masked(self) -> dict:
         """Settings with secret-looking values masked, for display."""
         return _mask(self.settings)
@@ -92,6 +113,11 @@ def _interpolate(value, path: Path):
 
         return _VAR.sub(sub, value)
     return value
+
+
+def _no_extra(cfg: dict, where: str) -> None:
+    if cfg:
+        raise ProfileError(f"{where} has unknown setting(s) {sorted(cfg)}")
 
 
 def _mask(value, key: str = ""):

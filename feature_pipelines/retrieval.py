@@ -1,5 +1,8 @@
 """FeatureStore: what training and serving code use to read features.
 
+Serving reads the online store: the newest published value per entity and feature, nulls for
+unknown entities and expired values (a value expires `ttl` after it was published).
+
 Training frames are point-in-time correct: each label row gets, per feature, the newest stored row
 of its entity with `feature_timestamp <= label time` (a row stamped t summarises events before t,
 so it is knowable at t) and, when the feature has a ttl, `label time - feature_timestamp <= ttl`;
@@ -9,14 +12,16 @@ compared at microsecond precision.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import polars as pl
 
-from feature_pipelines.errors import DataError, DefinitionError, StoreError
+from feature_pipelines.errors import DataError, DefinitionError, FeaturePipelinesError, StoreError
 from feature_pipelines.keys import with_surrogate_key
+from feature_pipelines.online.base import OnlineRead
 from feature_pipelines.profiles import load_profile
 from feature_pipelines.registry import Registry, load_registry
 from feature_pipelines.spec.feature import FEATURE_TIMESTAMP, Feature, FeatureService
@@ -41,6 +46,21 @@ class FeatureStore:
         self.profile = load_profile(profile)
         self.offline = self.profile.offline_store()
         self.registry = registry or load_registry()
+        self._online = None
+        self._served: dict[str, tuple[float, int, list[str]]] = {}  # feature -> (checked at, major, stored columns)
+        self._plans: dict[tuple, list[tuple[Feature, int, list[str], list[str]]]] = {}
+
+    @property
+    def online(self):
+        """The profile's online store, opened on first use."""
+        if self._online is None:
+            self._online = self.profile.online_store()
+        return self._online
+
+    def close(self) -> None:
+        if self._online is not None:
+            self._online.close()
+            self._online = None
 
     # ---- resolving what was asked for ------------------------------------------------------
 
@@ -86,6 +106,68 @@ class FeatureStore:
             elif known.columns is not None and column not in known.columns:
                 known.columns.append(column)
         return list(requests.values())
+
+    # ---- serving ---------------------------------------------------------------------------
+
+    SERVED_REFRESH_SECONDS = 30.0
+    """How long the newest version's MAJOR and columns are cached before the offline manifest is read again."""
+
+    def _served_version(self, feature: Feature) -> tuple[int, list[str]]:
+        now = time.monotonic()
+        cached = self._served.get(feature.name)
+        if cached is None or now - cached[0] > self.SERVED_REFRESH_SECONDS:
+            manifest = self.offline.manifest(feature.name)
+            columns = [c["name"] for c in manifest["columns"] if c["name"] not in (*manifest["keys"], manifest["timestamp_column"])]
+            cached = (now, int(manifest["version"].split(".")[0]), columns)
+            self._served[feature.name] = cached
+        return cached[1], cached[2]
+
+    def _online_plan(self, features) -> list[tuple[Feature, int, list[str], list[str]]]:
+        """(feature, major, columns, output names) per requested feature; cached per request shape."""
+        key = tuple(features) if isinstance(features, (list, tuple)) and all(isinstance(f, str) for f in features) else None
+        plan = self._plans.get(key) if key is not None else None
+        if plan is not None and all(time.monotonic() - self._served[f.name][0] <= self.SERVED_REFRESH_SECONDS for f, *_ in plan):
+            return plan
+        plan = []
+        for request in self._resolve(features):
+            if request.version is not None:
+                raise DefinitionError(
+                    f"online reads serve the newest published version; drop the pin in "
+                    f"'{request.feature.name}@{request.version}' (pins are for get_training_data)"
+                )
+            if not request.feature.online:
+                raise DefinitionError(f"feature {request.feature.name!r} is not served online; declare it with online=True")
+            major, stored = self._served_version(request.feature)
+            columns = request.columns or stored
+            unknown = [c for c in columns if c not in stored]
+            if unknown:
+                raise DefinitionError(f"feature {request.feature.name!r} has no column(s) {unknown}; its columns are {stored}")
+            plan.append((request.feature, major, columns, [f"{request.feature.name}__{c}" for c in columns]))
+        if key is not None:
+            self._plans[key] = plan
+        return plan
+
+    def get_online_features(self, features, entity_rows) -> pl.DataFrame:
+        """The newest published values for each entity row, in input order, as `<feature>__<column>` after the input columns.
+
+        `entity_rows`: a polars or pandas DataFrame or a list of dicts holding each feature's join
+        keys, or the PII columns of an entity with `from_columns`. Unknown entities and expired
+        values give nulls.
+        """
+        rows = pl.DataFrame(entity_rows) if isinstance(entity_rows, list) else _as_polars(entity_rows)
+        plan = self._online_plan(features)
+        work = rows
+        reads = []
+        for feature, major, columns, names in plan:
+            work = _with_join_keys(work, feature, rows.columns)
+            clash = [c for c in names if c in rows.columns]
+            if clash:
+                raise DataError(f"entity rows already have column(s) {clash}; rename them, they would collide with feature values")
+            reads.append(OnlineRead(feature.name, major, work, columns))  # the store reads only the join keys
+        frames = self.online.read(reads)
+        # get_column/alias, not select: a select is a lazy query, ~80 µs per call at batch size 1.
+        values = [frame.get_column(c).alias(name) for (_, _, columns, names), frame in zip(plan, frames) for c, name in zip(columns, names)]
+        return rows.hstack(values)
 
     # ---- training --------------------------------------------------------------------------
 
@@ -193,8 +275,27 @@ def _as_polars(frame) -> pl.DataFrame:
     raise DataError(f"entity_df must be a polars or pandas DataFrame, got {type(frame).__name__}")
 
 
+_PII_DTYPES: dict[str, dict[str, pl.DataType]] = {}
+
+
+def _pii_dtypes(feature: Feature) -> dict[str, pl.DataType]:
+    """Source dtypes of the PII columns of `feature`'s derived keys ({} when the source cannot be read here)."""
+    if feature.name not in _PII_DTYPES:
+        try:
+            schema = feature.source.scan().collect_schema()
+            wanted = {c for cols in feature.derived_keys.values() for c in cols}
+            _PII_DTYPES[feature.name] = {c: schema[c] for c in wanted if c in schema}
+        except (FeaturePipelinesError, OSError, pl.exceptions.PolarsError):
+            _PII_DTYPES[feature.name] = {}
+    return _PII_DTYPES[feature.name]
+
+
 def _with_join_keys(work: pl.DataFrame, feature: Feature, input_columns: list[str]) -> pl.DataFrame:
-    """Add surrogate keys computed from PII columns where needed; fail clearly when a key cannot be had."""
+    """Add surrogate keys computed from PII columns where needed; fail clearly when a key cannot be had.
+
+    The surrogate key hashes typed values, so PII given as text (JSON has no dates) is parsed to the
+    source column's temporal dtype first when that is known.
+    """
     for key, cols in feature.derived_keys.items():
         if key in work.columns:
             continue
@@ -204,6 +305,16 @@ def _with_join_keys(work: pl.DataFrame, feature: Feature, input_columns: list[st
                 f"feature {feature.name!r} needs join key {key!r} or the columns it is derived from {list(cols)}; "
                 f"entity_df lacks {missing} (its columns are {input_columns})"
             )
+        casts = []
+        for column, dtype in _pii_dtypes(feature).items():
+            if column in work.columns and work.schema[column] == pl.String and dtype.is_temporal():
+                parse = pl.col(column).str.to_date() if dtype == pl.Date else pl.col(column).str.to_datetime(time_zone=getattr(dtype, "time_zone", None))
+                casts.append(parse.cast(dtype).alias(column))
+        if casts:
+            try:
+                work = work.with_columns(casts)
+            except pl.exceptions.PolarsError as err:
+                raise DataError(f"feature {feature.name!r}: PII column(s) of {key!r} given as text do not parse as dates/times: {err}") from err
         work = with_surrogate_key(work, key, list(cols))
     missing = [k for k in feature.join_keys if k not in work.columns]
     if missing:

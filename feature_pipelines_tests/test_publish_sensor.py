@@ -1,0 +1,156 @@
+"""End to end against a real redis-server: materialize → sensor → publish runs → values in Redis.
+
+Everything runs through a real (SQLite) Dagster instance: the feature job, the sensor evaluated with
+`build_sensor_context`, and the publish runs it requests executed with their own run config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+
+from feature_pipelines import Entity, Feature, FeatureStore, Rolling, Source, greater_than_or_equal
+from feature_pipelines.orchestration import build_definitions
+from feature_pipelines.orchestration.publish import PUBLISH_JOB, SENSOR
+from feature_pipelines.registry import Registry
+from feature_pipelines.store import LocalStore
+from feature_pipelines_tests.servers import redis_process, start_redis
+
+
+def _events(path: Path, *, bad_day: str | None = None) -> None:
+    rng = np.random.default_rng(4)
+    n = 2000
+    ts = np.datetime64("2023-12-25T00:00:00", "us") + rng.integers(0, 20 * 86_400_000_000, n).astype("timedelta64[us]")
+    amount = rng.uniform(1, 100, n)
+    if bad_day:
+        day = np.datetime64(bad_day, "us")
+        amount[(ts >= day) & (ts < day + np.timedelta64(1, "D"))] *= -1
+    pl.DataFrame({"customer_id": rng.integers(0, 30, n).astype(str), "ts": ts, "amount": amount}).write_parquet(path)
+
+
+def _setup(project: Path, url: str) -> tuple[dg.Definitions, Registry]:
+    (project / "env" / "test.yaml").write_text(
+        f"offline_store:\n  kind: local\n  path: ./store\nonline_store:\n  kind: redis\n  url: {url}\n  key_prefix: e2e\n")
+    source = project / "events.parquet"
+    _events(source)
+    registry = Registry()
+    registry.add(Feature(name="spend", entities=[Entity("customer", join_key="customer_id")], source=Source(str(source), timestamp="ts"),
+                         start="2024-01-01", metrics=[Rolling(["1d", "3d"], {"amount": ["sum", "count"]})],
+                         validators={"amount": [greater_than_or_equal(0)]}, online=True, ttl="30d"))
+    return build_definitions(registry), registry
+
+
+def _materialize(defs: dg.Definitions, instance, first: str, last: str):
+    return defs.resolve_job_def("spend_job").execute_in_process(
+        instance=instance, raise_on_error=False,
+        tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last})
+
+
+def _tick(defs: dg.Definitions, instance, cursor: str | None) -> dg.SensorResult:
+    sensor = defs.resolve_sensor_def(SENSOR)
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    return sensor(dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs))
+
+
+def _publish(defs: dg.Definitions, instance, request: dg.RunRequest):
+    return defs.resolve_job_def(PUBLISH_JOB).execute_in_process(run_config=request.run_config, instance=instance, tags=request.tags,
+                                                                raise_on_error=False)
+
+
+def _online(registry: Registry, ids: list[str]) -> pl.DataFrame:
+    store = FeatureStore(registry=registry)
+    try:
+        return store.get_online_features(["spend"], [{"customer_id": i} for i in ids])
+    finally:
+        store.close()
+
+
+def _newest_offline(project: Path, ids: list[str]) -> pl.DataFrame:
+    rows = LocalStore(project / "store").read("spend").sort("feature_timestamp").group_by("customer_id").last()
+    return pl.DataFrame({"customer_id": ids}).join(rows, on="customer_id", how="left")
+
+
+def test_sensor_publishes_every_partition_newer_wins(project: Path) -> None:
+    with redis_process("--appendonly", "yes") as redis:
+        defs, registry = _setup(project, redis.url)
+        ids = [str(i) for i in range(30)] + ["unknown"]
+        with dg.DagsterInstance.get() as instance:
+            assert _materialize(defs, instance, "2024-01-01", "2024-01-05").success
+            first = _tick(defs, instance, None)
+            # One request per materialized partition, even though all five landed between two ticks.
+            assert sorted(r.run_config["ops"]["publish_partition"]["config"]["partition"] for r in first.run_requests) == [
+                f"2024-01-0{d}" for d in range(1, 6)]
+            assert len({r.run_key for r in first.run_requests}) == 5
+            for request in first.run_requests:
+                assert _publish(defs, instance, request).success
+            got, want = _online(registry, ids), _newest_offline(project, ids)
+            assert got["spend__amount_sum_3d"].to_list() == want["amount_sum_3d"].to_list()
+            assert got["spend__amount_count_1d"].to_list() == want["amount_count_1d"].to_list()
+            assert got["spend__amount_sum_3d"][-1] is None  # unknown entity
+
+            # Nothing new: the cursor remembers what was requested.
+            assert _tick(defs, instance, first.cursor).run_requests == []
+
+            # Re-publishing an older partition afterwards changes nothing: fresher values stay.
+            old = next(r for r in first.run_requests if r.run_config["ops"]["publish_partition"]["config"]["partition"] == "2024-01-02")
+            rerun = _publish(defs, instance, old)
+            assert rerun.success
+            observed = instance.fetch_observations(dg.AssetKey("spend"), limit=10).records[0].event_log_entry.asset_observation.metadata
+            assert observed["rows_written"].value == 0 and observed["rows_skipped_older"].value > 0
+            assert _online(registry, ids).equals(got)
+
+            # A failing blocking check: no materialization, so nothing is requested or published.
+            _events(project / "events.parquet", bad_day="2024-01-06")
+            assert not _materialize(defs, instance, "2024-01-06", "2024-01-06").success
+            second = _tick(defs, instance, first.cursor)
+            assert second.run_requests == []
+
+            # Redis goes away during a publish: the run fails naming the server; after it is back, a retry publishes.
+            _events(project / "events.parquet")
+            assert _materialize(defs, instance, "2024-01-06", "2024-01-07").success
+            third = _tick(defs, instance, second.cursor)
+            assert len(third.run_requests) == 2
+            port = redis.port
+            redis.stop()
+            failed = _publish(defs, instance, third.run_requests[0])
+            assert not failed.success
+            failure = failed.failure_data_for_node("publish_partition")
+            message = failure.user_failure_data.description if failure.user_failure_data else failure.error.message
+            assert f"127.0.0.1:{port}" in message and "spend" in message, message
+            # The same server comes back (its append-only file kept): a retry publishes, nothing earlier is lost.
+            back = start_redis("--appendonly", "yes", "--dir", str(redis.dir), port=port)
+            try:
+                for request in third.run_requests:
+                    assert _publish(defs, instance, request).success
+                got, want = _online(registry, ids), _newest_offline(project, ids)
+                assert got["spend__amount_sum_3d"].to_list() == want["amount_sum_3d"].to_list()
+                assert want["feature_timestamp"].max().isoformat().startswith("2024-01-08")
+            finally:
+                back.stop()
+
+
+@pytest.mark.parametrize("kind", ["sqlite"])
+def test_publish_run_records_what_it_did(project: Path, kind: str) -> None:
+    """The embedded default: the same publish job writes to SQLite and reports rows, store and duration."""
+    source = project / "events.parquet"
+    _events(source)
+    registry = Registry()
+    registry.add(Feature(name="spend", entities=[Entity("customer", join_key="customer_id")], source=Source(str(source), timestamp="ts"),
+                         start="2024-01-01", metrics=[Rolling(["1d"], {"amount": ["sum"]})], online=True))
+    defs = build_definitions(registry)
+    with dg.DagsterInstance.get() as instance:
+        assert _materialize(defs, instance, "2024-01-01", "2024-01-02").success
+        result = _tick(defs, instance, None)
+        runs = [_publish(defs, instance, r) for r in result.run_requests]
+        assert all(r.success for r in runs)
+        records = instance.fetch_observations(dg.AssetKey("spend"), limit=10).records
+        meta = records[0].event_log_entry.asset_observation.metadata
+        assert meta["online_store"].value.startswith("sqlite:") and meta["rows"].value == meta["rows_written"].value > 0
+        assert meta["seconds"].value >= 0 and meta["version"].value == "1.0.0"
+    got = _online(registry, [str(i) for i in range(30)])
+    want = _newest_offline(project, [str(i) for i in range(30)])
+    assert got["spend__amount_sum_1d"].to_list() == want["amount_sum_1d"].to_list()
