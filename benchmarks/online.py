@@ -35,7 +35,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from feature_pipelines.online import OnlineRead, RedisOnlineStore  # noqa: E402
+from feature_pipelines.online import RedisOnlineStore  # noqa: E402
 from feature_pipelines.online.base import encode_frame  # noqa: E402
 from feature_pipelines_tests.servers import start_redis  # noqa: E402
 
@@ -108,6 +108,15 @@ def online_publish_1m(tmp: Path) -> dict:
             "peak_rss_mb": round(_rss_mb()), "rows": ENTITIES, "columns": len(COLUMNS), "machine": MACHINE}
 
 
+def _latency(name: str, batch: int, lat: list[float], floor_lat: list[float]) -> dict:
+    p50, p99 = np.percentile(lat, [50, 99]) * 1000
+    f50, f99 = np.percentile(floor_lat, [50, 99]) * 1000
+    return {"workload": name, "metric": "p50_ms", "value": round(p50, 4), "floor": round(f50, 4),
+            "ratio": round(p50 / f50, 2), "p50_ms": round(p50, 4), "p99_ms": round(p99, 4), "floor_p50_ms": round(f50, 4),
+            "floor_p99_ms": round(f99, 4), "peak_rss_mb": round(_rss_mb()), "rows": CALLS * batch, "calls": CALLS,
+            "columns": len(COLUMNS), "machine": MACHINE}
+
+
 def _profile(tmp: Path, url: str) -> Path:
     """A `bench` profile (offline: a local store holding the feature's manifest; online: this Redis); returns its env dir."""
     from feature_pipelines.store import LocalStore
@@ -170,12 +179,7 @@ def _read(batch: int, tmp: Path) -> dict:
         raw.close()
     finally:
         server.stop()
-    p50, p99 = np.percentile(lat, [50, 99]) * 1000
-    f50, f99 = np.percentile(floor_lat, [50, 99]) * 1000
-    return {"workload": f"online_read_b{batch}", "metric": "p50_ms", "value": round(p50, 4), "floor": round(f50, 4),
-            "ratio": round(p50 / f50, 2), "p50_ms": round(p50, 4), "p99_ms": round(p99, 4), "floor_p50_ms": round(f50, 4),
-            "floor_p99_ms": round(f99, 4), "peak_rss_mb": round(_rss_mb()), "rows": CALLS * batch, "calls": CALLS,
-            "columns": len(COLUMNS), "machine": MACHINE}
+    return _latency(f"online_read_b{batch}", batch, lat, floor_lat)
 
 
 def online_read_b1(tmp: Path) -> dict:
@@ -239,12 +243,7 @@ def _http(batch: int, tmp: Path) -> dict:
             serve.terminate()
             serve.wait(timeout=30)
         server.stop()
-    p50, p99 = np.percentile(lat, [50, 99]) * 1000
-    f50, f99 = np.percentile(floor_lat, [50, 99]) * 1000
-    return {"workload": f"online_http_b{batch}", "metric": "p50_ms", "value": round(p50, 4), "floor": round(f50, 4),
-            "ratio": round(p50 / f50, 2), "p50_ms": round(p50, 4), "p99_ms": round(p99, 4), "floor_p50_ms": round(f50, 4),
-            "floor_p99_ms": round(f99, 4), "peak_rss_mb": round(_rss_mb()), "rows": CALLS * batch, "calls": CALLS,
-            "columns": len(COLUMNS), "machine": MACHINE}
+    return _latency(f"online_http_b{batch}", batch, lat, floor_lat)
 
 
 def online_http_b1(tmp: Path) -> dict:
