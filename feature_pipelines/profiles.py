@@ -45,15 +45,39 @@ class Profile:
         return self.path.parent.parent
 
     def offline_store(self):
-        """Build the offline store this profile selects."""
-        from feature_pipelines.store import LocalStore
+        """Build the offline store this profile selects: `local` (the default), `s3` or `gcs`.
+
+        ```yaml
+        offline_store: {kind: local, path: ./feature_store}
+        offline_store: {kind: s3, bucket: my-features, prefix: feature_store, region: eu-west-1, endpoint_url: ...}
+        offline_store: {kind: gcs, bucket: my-features, prefix: feature_store, project: my-project, endpoint: ...}
+        ```
+
+        Credentials never go in a profile: S3 uses boto3's chain (AWS_* variables, AWS_PROFILE, roles),
+        GCS Application Default Credentials. Empty values (an unset `${VAR:-}`) count as not given.
+        """
+        from feature_pipelines.store import GCSStore, LocalStore, S3Store
 
         cfg = dict(self.settings.get("offline_store") or {"kind": "local"})
         kind = cfg.pop("kind", "local")
+        where = f"profile {self.name!r} ({self.path}): offline_store"
         if kind == "local":
-            path = Path(cfg.pop("path", "./feature_store"))
+            path = Path(cfg.pop("path", None) or "./feature_store")
+            if cfg:
+                raise ProfileError(f"{where} has unknown setting(s) {sorted(cfg)}; kind 'local' takes: path")
             return LocalStore(path if path.is_absolute() else self.root / path)
-        raise ProfileError(f"profile {self.name!r} ({self.path}): offline_store kind {kind!r} is not supported; expected 'local'")
+        if kind in ("s3", "gcs"):
+            allowed = ("bucket", "prefix", "region", "endpoint_url") if kind == "s3" else ("bucket", "prefix", "project", "endpoint")
+            extra = sorted(k for k in cfg if k not in allowed)
+            if extra:
+                raise ProfileError(f"{where} has unknown setting(s) {extra}; kind {kind!r} takes: {', '.join(allowed)} "
+                                   "(credentials come from the environment, never from the profile)")
+            values = {k: (None if v in (None, "") else str(v)) for k, v in cfg.items()}
+            if not values.get("bucket"):
+                raise ProfileError(f"{where} kind {kind!r} needs `bucket`: the bare bucket name, e.g. `bucket: my-features`")
+            values["prefix"] = values.get("prefix") or ""
+            return S3Store(**values) if kind == "s3" else GCSStore(**values)
+        raise ProfileError(f"{where} kind {kind!r} is not supported; expected 'local', 's3' or 'gcs'")
 
     def online_store(self):
         """Build the online store this profile selects: `sqlite` (embedded, the default) or `redis`."""

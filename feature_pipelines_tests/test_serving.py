@@ -191,32 +191,43 @@ def test_http_endpoint_of_feature_pipelines_serve(project: Path) -> None:
         server.wait(timeout=30)
 
 
-def test_staging_profile_publishes_and_serves_from_redis(project: Path, monkeypatch) -> None:
-    """The shipped env/staging.yaml, with REDIS_URL pointing at a real redis-server started here."""
+def test_staging_profile_runs_on_s3_and_redis(project: Path, monkeypatch) -> None:
+    """Switching the profile is all it takes: the shipped env/staging.yaml with a real S3 server (moto) and a
+    real redis-server started here: build to S3 through Dagster, publish to Redis, serve, secrets masked."""
     import shutil
+
+    import boto3
 
     from feature_pipelines.profiles import load_profile
     from feature_pipelines.registry import load_registry
     from feature_pipelines.sample_data import write_transactions
-    from feature_pipelines_tests.servers import redis_server
+    from feature_pipelines.store import S3Store
+    from feature_pipelines_tests.servers import moto_server, redis_server
 
     shutil.copy(ROOT / "env" / "staging.yaml", project / "env" / "staging.yaml")
     data = project / "data"
     write_transactions(data / "transactions.parquet", rows=3_000, customers=40, days=6)
-    with redis_server() as url:
-        env = {**os.environ, "FEATURE_PIPELINES_DATA_DIR": str(data), "REDIS_URL": url}
-        monkeypatch.setenv("REDIS_URL", url)
+    with redis_server() as url, moto_server() as s3:
+        settings = {"REDIS_URL": url, "FEATURE_STORE_BUCKET": "fp-staging", "AWS_ENDPOINT_URL": s3.url, "AWS_REGION": "us-east-1",
+                    "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret", "AWS_EC2_METADATA_DISABLED": "true"}
+        for key, value in settings.items():
+            monkeypatch.setenv(key, value)
+        boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1").create_bucket(Bucket="fp-staging")
+        env = {**os.environ, "FEATURE_PIPELINES_DATA_DIR": str(data)}
         cli = [sys.executable, "-m", "feature_pipelines.cli", "--profile", "staging"]
         shown = subprocess.run([*cli, "profile"], cwd=ROOT, env={**env, "REDIS_PASSWORD": "s3cret-pw"}, capture_output=True, text=True, timeout=120)
         assert shown.returncode == 0 and "s3cret-pw" not in shown.stdout and "****" in shown.stdout, shown.stdout + shown.stderr
         built = subprocess.run([*cli, "build", "--features", "customer_velocity", "--start", "2024-01-01", "--end", "2024-01-04"],
                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-        assert built.returncode == 0, built.stdout + built.stderr[-3000:]
+        assert built.returncode == 0 and "1.0.0 (initial)" in built.stdout, built.stdout + built.stderr[-3000:]
+        assert isinstance(load_profile("staging").offline_store(), S3Store)
+        listed = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1").list_objects_v2(Bucket="fp-staging")["Contents"]
+        assert any(o["Key"].endswith("customer_velocity/_latest.json") for o in listed)
         pub = subprocess.run([*cli, "publish", "--features", "customer_velocity"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert pub.returncode == 0 and "redis://127.0.0.1" in pub.stdout, pub.stdout + pub.stderr[-3000:]
-        assert load_profile("staging").online_store().description.startswith("redis://127.0.0.1")
         store = FeatureStore("staging", load_registry())
         offline = store.offline.read("customer_velocity").sort("feature_timestamp").group_by("customer_id").last()
+        assert offline.height > 0
         got = store.get_online_features(["customer_velocity"], offline.select("customer_id"))
         store.close()
         assert got["customer_velocity__transaction_id_count_7d"].to_list() == offline["transaction_id_count_7d"].to_list()

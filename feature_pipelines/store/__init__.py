@@ -1,6 +1,13 @@
-"""Offline stores: versioned partition files behind one implementation, over pluggable blob backends."""
+"""Offline stores: versioned partition files behind one implementation, over pluggable blob backends.
+
+`LocalStore` (a folder), `S3Store` (boto3; `[aws]` extra) and `GCSStore` (google-cloud-storage; `[gcp]`
+extra) are all `VersionedStore` over a different `Blobs`; the cloud SDKs are imported only when a cloud
+store is built, so the core installs and imports without them.
+"""
 
 from feature_pipelines.store.blobs import Blobs, LocalBlobs
+from feature_pipelines.store.gcs import GCSBlobs, GCSStore
+from feature_pipelines.store.s3 import S3Blobs, S3Store
 from feature_pipelines.store.versioned import CommitResult, VersionedStore
 
 
@@ -12,4 +19,4 @@ class LocalStore(VersionedStore):
         self.path = str(self.blobs.root)
 
 
-__all__ = ["Blobs", "CommitResult", "LocalBlobs", "LocalStore", "VersionedStore"]
+__all__ = ["Blobs", "CommitResult", "GCSBlobs", "GCSStore", "LocalBlobs", "LocalStore", "S3Blobs", "S3Store", "VersionedStore"]
