@@ -154,3 +154,67 @@ def test_publish_run_records_what_it_did(project: Path, kind: str) -> None:
     got = _online(registry, [str(i) for i in range(30)])
     want = _newest_offline(project, [str(i) for i in range(30)])
     assert got["spend__amount_sum_1d"].to_list() == want["amount_sum_1d"].to_list()
+
+
+def test_dagster_dev_publishes_new_partitions_without_a_click(project: Path) -> None:
+    """`dagster dev` as a user runs it: the daemon ticks the (default-on) sensor and launches the publish runs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from feature_pipelines.registry import load_registry
+    from feature_pipelines.sample_data import write_transactions
+    from feature_pipelines_tests.servers import free_port
+
+    root = Path(__file__).resolve().parent.parent
+    data = project / "data"
+    write_transactions(data / "transactions.parquet", rows=3_000, customers=40, days=6)
+    env = {**os.environ, "FEATURE_PIPELINES_DATA_DIR": str(data)}
+    port = free_port()
+    dev = subprocess.Popen([str(Path(sys.executable).with_name("dagster")), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+                           cwd=root, env=env, stdout=(project / "dev.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5).read()
+                break
+            except OSError:
+                assert dev.poll() is None and time.monotonic() < deadline, (project / "dev.log").read_text()[-3000:]
+                time.sleep(0.5)
+        built = subprocess.run([sys.executable, "-m", "feature_pipelines.cli", "build", "--features", "customer_velocity",
+                                "--start", "2024-01-01", "--end", "2024-01-03"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert built.returncode == 0, built.stdout + built.stderr[-3000:]
+        deadline = time.monotonic() + 180
+        while True:
+            with dg.DagsterInstance.get() as instance:
+                runs = instance.get_runs(dg.RunsFilter(job_name=PUBLISH_JOB))
+            if len(runs) == 3 and all(r.is_finished for r in runs):
+                break
+            assert time.monotonic() < deadline, f"{len(runs)} publish runs after 180 s; log:\n" + (project / "dev.log").read_text()[-3000:]
+            time.sleep(1)
+        assert all(r.is_success for r in runs)
+        assert sorted(r.tags["feature_pipelines/partition"] for r in runs) == ["2024-01-01", "2024-01-02", "2024-01-03"]
+    finally:
+        # dagster dev runs a webserver, a daemon and code servers: stop the whole session we started.
+        for sig, wait in ((signal.SIGINT, 20), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(dev.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                dev.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(dev.pid, signal.SIGKILL)  # code servers may outlive `dagster dev` itself
+        except ProcessLookupError:
+            pass
+    store = FeatureStore(registry=load_registry())
+    offline = store.offline.read("customer_velocity").sort("feature_timestamp").group_by("customer_id").last()
+    got = store.get_online_features(["customer_velocity"], offline.select("customer_id"))
+    store.close()
+    assert got["customer_velocity__transaction_id_count_7d"].to_list() == offline["transaction_id_count_7d"].to_list()
