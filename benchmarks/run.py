@@ -3,6 +3,7 @@
 build_year      — compute (median of 3 fresh processes) a year of daily `customer_spend` (7d, 30d × 6 aggregations) from 1,000,000
                   transactions of 10,000 customers in one pass; floor: the same output hand-written in polars.
 build_next_day  — compute one more day after 30 days and after 3 years of history; ratio = 3y / 30d.
+s3_build_year   — write + read back the year of customer_spend on S3 (moto on loopback) vs the local store.
 online_*        — in benchmarks/online.py (publish, in-process reads, HTTP against a redis-server it starts).
 training_*      — get_training_data for 100k / 1M labels on 10,000 customers x 365 days x 5 floats (1 or 5 features);
                   floor: a bare polars join_asof on the same tables already in memory.
@@ -224,8 +225,50 @@ def training_1m_5features(tmp: Path) -> dict:
     return _training(tmp, "training_1m_5features", 5, 1_000_000)
 
 
+# ---- cloud store ---------------------------------------------------------------------------------
+
+
+def s3_build_year(tmp: Path) -> dict:
+    """Write (one batched commit) and read back a year of customer_spend: S3 (moto on loopback) vs local disk."""
+    import os
+
+    import boto3
+
+    from feature_pipelines.store import LocalStore, S3Store
+    from feature_pipelines_tests.servers import start_moto
+
+    path = tmp / "year.parquet"
+    if not path.exists():
+        _events(path, 1_000_000, 10_000, 365, "2024-01-01")
+    feature = _feature(path, "2024-01-01")
+    frames = PolarsEngine().compute(feature, _keys(date(2024, 1, 1), 365))
+    rows = sum(f.height for f in frames.values())
+
+    def cycle(store) -> float:
+        t0 = time.perf_counter()
+        store.write_partitions(feature.name, frames, keys=feature.join_keys, timestamp="feature_timestamp", config_hash=feature.config_hash)
+        back = store.read(feature.name)
+        assert back.height == rows
+        return time.perf_counter() - t0
+
+    local = cycle(LocalStore(tmp / "local_store"))
+    for var, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        os.environ.setdefault(var, value)
+    server = start_moto()
+    try:
+        boto3.client("s3", endpoint_url=server.url).create_bucket(Bucket="bench")
+        s3 = cycle(S3Store("bench", "features", endpoint_url=server.url))
+    finally:
+        server.stop()
+    return {"workload": "s3_build_year", "metric": "seconds", "value": round(s3, 3), "floor": round(local, 3), "ratio": round(s3 / local, 2),
+            "peak_rss_mb": round(_rss_mb()), "rows": rows, "partitions": len(frames), "note": "write 365 partitions + read back; compute excluded",
+            "machine": "2 cores"}
+
+
 WORKLOADS = {"build_year": build_year, "build_next_day": build_next_day,
-             "training_100k": training_100k, "training_1m": training_1m, "training_1m_5features": training_1m_5features}
+             "training_100k": training_100k, "training_1m": training_1m, "training_1m_5features": training_1m_5features,
+             "s3_build_year": s3_build_year}
 
 
 def _online_workloads() -> dict:
