@@ -45,12 +45,13 @@ class Profile:
         return self.path.parent.parent
 
     def offline_store(self):
-        """Build the offline store this profile selects: `local` (the default), `s3` or `gcs`.
+        """Build the offline store this profile selects: `local` (the default), `s3`, `gcs` or `unity_catalog`.
 
         ```yaml
         offline_store: {kind: local, path: ./feature_store}
         offline_store: {kind: s3, bucket: my-features, prefix: feature_store, region: eu-west-1, endpoint_url: ...}
         offline_store: {kind: gcs, bucket: my-features, prefix: feature_store, project: my-project, endpoint: ...}
+        offline_store: {kind: unity_catalog, catalog: ml, schema: features, host: https://....databricks.com, storage_root: s3://...}
         ```
 
         Credentials never go in a profile: S3 uses boto3's chain (AWS_* variables, AWS_PROFILE, roles),
@@ -77,10 +78,22 @@ class Profile:
                 raise ProfileError(f"{where} kind {kind!r} needs `bucket`: the bare bucket name, e.g. `bucket: my-features`")
             values["prefix"] = values.get("prefix") or ""
             return S3Store(**values) if kind == "s3" else GCSStore(**values)
-        raise ProfileError(f"{where} kind {kind!r} is not supported; expected 'local', 's3' or 'gcs'")
+        if kind == "unity_catalog":
+            from feature_pipelines.store.unity import UnityCatalogStore
+
+            allowed = ("catalog", "schema", "host", "storage_root")
+            extra = sorted(k for k in cfg if k not in allowed)
+            if extra:
+                raise ProfileError(f"{where} has unknown setting(s) {extra}; kind 'unity_catalog' takes: {', '.join(allowed)} "
+                                   "(the token comes from DATABRICKS_TOKEN, never from the profile)")
+            values = {k: (None if v in (None, "") else str(v)) for k, v in cfg.items()}
+            if not values.get("catalog"):
+                raise ProfileError(f"{where} kind 'unity_catalog' needs `catalog`, e.g. `catalog: ml`")
+            return UnityCatalogStore(values.pop("catalog"), values.pop("schema", None) or "features", **values)
+        raise ProfileError(f"{where} kind {kind!r} is not supported; expected 'local', 's3', 'gcs' or 'unity_catalog'")
 
     def online_store(self):
-        """Build the online store this profile selects: `sqlite` (embedded, the default) or `redis`."""
+        """Build the online store this profile selects: `sqlite` (embedded, the default), `redis` or `databricks`."""
         cfg = dict(self.settings.get("online_store") or {"kind": "sqlite"})
         kind = cfg.pop("kind", "sqlite")
         where = f"profile {self.name!r} ({self.path}): online_store"
@@ -98,7 +111,11 @@ class Profile:
             if not cfg.get("password"):
                 cfg.pop("password", None)  # `${REDIS_PASSWORD:-}` unset: no AUTH
             return RedisOnlineStore(**cfg)
-        raise ProfileError(f"{where} kind {kind!r} is not supported; expected 'sqlite' or 'redis'")
+        if kind == "databricks":
+            from feature_pipelines.online.databricks import DatabricksOnlineStore
+
+            return DatabricksOnlineStore.from_profile(cfg)
+        raise ProfileError(f"{where} kind {kind!r} is not supported; expected 'sqlite', 'redis' or 'databricks'")
 
     def masked(self) -> dict:
         """Settings with secret-looking values masked, for display."""

@@ -10,6 +10,16 @@ import pytest
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_dagster_home(tmp_path_factory):
+    """No test touches the developer's instance (`make test` exports DAGSTER_HOME=./.dagster_home)."""
+    home = tmp_path_factory.mktemp("dagster_home")
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DAGSTER_HOME", str(home))
+        yield
+
+
 @pytest.fixture()
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A temp folder with env/test.yaml pointing the store at tmp_path/store, and DAGSTER_HOME set."""

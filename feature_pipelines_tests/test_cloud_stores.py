@@ -779,7 +779,7 @@ def test_profile_empty_optional_settings_count_as_unset(project, monkeypatch, ba
     ("kind: local\n  pth: ./store", r"unknown setting\(s\) \['pth'\]; kind 'local' takes: path"),
     ("kind: s3\n  prefix: features", r"kind 's3' needs `bucket`"),
     ("kind: gcs\n  bucket: ''", r"kind 'gcs' needs `bucket`"),
-    ("kind: azure\n  bucket: b", r"kind 'azure' is not supported; expected 'local', 's3' or 'gcs'"),
+    ("kind: azure\n  bucket: b", r"kind 'azure' is not supported; expected 'local', 's3', 'gcs' or 'unity_catalog'"),
 ])
 def test_profile_offline_store_mistakes_are_profile_errors(project, settings, message):
     _profile(project, f"offline_store:\n  {settings}\n")

@@ -2,12 +2,14 @@
 
 `LocalStore` (a folder), `S3Store` (boto3; `[aws]` extra) and `GCSStore` (google-cloud-storage; `[gcp]`
 extra) are all `VersionedStore` over a different `Blobs`; the cloud SDKs are imported only when a cloud
-store is built, so the core installs and imports without them.
+store is built, so the core installs and imports without them. `UnityCatalogStore` (`[databricks]`
+extra) keeps the same interface and versioning rules on Delta tables registered in Unity Catalog.
 """
 
 from feature_pipelines.store.blobs import Blobs, LocalBlobs
 from feature_pipelines.store.gcs import GCSBlobs, GCSStore
 from feature_pipelines.store.s3 import S3Blobs, S3Store
+from feature_pipelines.store.unity import UnityCatalogStore
 from feature_pipelines.store.versioned import CommitResult, VersionedStore
 
 
@@ -19,4 +21,5 @@ class LocalStore(VersionedStore):
         self.path = str(self.blobs.root)
 
 
-__all__ = ["Blobs", "CommitResult", "GCSBlobs", "GCSStore", "LocalBlobs", "LocalStore", "S3Blobs", "S3Store", "VersionedStore"]
+__all__ = ["Blobs", "CommitResult", "GCSBlobs", "GCSStore", "LocalBlobs", "LocalStore", "S3Blobs", "S3Store", "UnityCatalogStore",
+           "VersionedStore"]

@@ -112,17 +112,9 @@ class VersionedStore:
 
     def manifest(self, feature: str, version: str | None = None) -> dict:
         """Manifest of `version` (default: the newest); a StoreError lists the versions that exist."""
-        latest = self.latest(feature)
-        if latest is None:
-            raise StoreError(
-                f"feature {feature!r} has no data in {self.description}; materialize it first "
-                f"(e.g. `feature-pipelines build --features {feature}`); features with data: "
-                f"{', '.join(self.features()) or 'none'}"
-            )
-        if version is None or version in ("latest", "_latest", latest["version"]):
+        latest = newest_or_raise(self, feature)
+        if not wants_older(feature, version, latest):
             return latest
-        if not re.fullmatch(r"\d+\.\d+\.\d+", version):
-            raise StoreError(f"version {version!r} of feature {feature!r} is not MAJOR.MINOR.PATCH, e.g. '1.0.0'")
         found = self.blobs.read(f"{feature}/{version}/{META}")
         if found is None or version not in self.versions(feature):
             raise StoreError(f"feature {feature!r} has no version {version!r}; versions: {self.versions(feature)}")
@@ -225,30 +217,9 @@ class VersionedStore:
         for _ in range(100):
             found = self.blobs.read(f"{feature}/{LATEST}")
             current, token = (json.loads(found[0]), found[1]) if found else (None, None)
-            version, bump, reason = self._decide_schema(current, schema, config_hash)
+            outcome, version, bump, reason = decide(current, {p: d for p, (_, _, d) in prepared.items()}, schema, config_hash)
             fresh = bump in ("initial", "major", "minor")
             base_partitions: dict = {} if fresh else dict(current["partitions"])
-            outcome: dict[str, tuple[str, str]] = {}
-            for partition, (_, _, digest) in prepared.items():
-                entry = None if fresh else current["partitions"].get(partition)
-                if fresh:
-                    outcome[partition] = (bump, reason)
-                elif entry is None:
-                    outcome[partition] = ("added", f"partition {partition} added")
-                elif entry["content_hash"] == digest:
-                    outcome[partition] = ("unchanged", f"partition {partition} unchanged")
-                else:
-                    outcome[partition] = ("patch", f"partition {partition} data changed")
-            if not fresh:
-                patched = [p for p, (b, _) in outcome.items() if b == "patch"]
-                added = [p for p, (b, _) in outcome.items() if b == "added"]
-                if patched:
-                    version, bump = _bump(version, "patch"), "patch"
-                    reason = f"data changed in {_some(patched)}"
-                elif added:
-                    bump, reason = "added", f"added {_some(added)}"
-                else:
-                    bump, reason = "unchanged", "no partition changed"
             stale_lineage = [p for p, (b, _) in outcome.items()
                              if b == "unchanged" and lineage and current["partitions"][p].get("lineage") != lineage]
             if bump == "unchanged" and not stale_lineage:
@@ -350,6 +321,57 @@ class VersionedStore:
         if config_hash != current["config_hash"]:
             return _bump(version, "minor"), "minor", f"definition changed (config {current['config_hash']} → {config_hash})"
         return version, "", ""
+
+
+def newest_or_raise(store, feature: str) -> dict:
+    """`store.latest(feature)`, or a StoreError saying how to materialize it and which features have data."""
+    latest = store.latest(feature)
+    if latest is None:
+        raise StoreError(
+            f"feature {feature!r} has no data in {store.description}; materialize it first "
+            f"(e.g. `feature-pipelines build --features {feature}`); features with data: "
+            f"{', '.join(store.features()) or 'none'}"
+        )
+    return latest
+
+
+def wants_older(feature: str, version: str | None, latest: dict) -> bool:
+    """True when `version` names a version other than the newest; a StoreError when it is not MAJOR.MINOR.PATCH."""
+    if version is None or version in ("latest", "_latest", latest["version"]):
+        return False
+    if not re.fullmatch(r"\d+\.\d+\.\d+", version):
+        raise StoreError(f"version {version!r} of feature {feature!r} is not MAJOR.MINOR.PATCH, e.g. '1.0.0'")
+    return True
+
+
+def decide(current: dict | None, digests: dict[str, str], schema: list, config_hash: str) -> tuple[dict, str, str, str]:
+    """The versioning rules for one write of partitions (partition -> content hash), shared by every store.
+
+    Returns (per-partition (bump, reason), new version, overall bump, overall reason).
+    """
+    version, bump, reason = VersionedStore._decide_schema(current, schema, config_hash)
+    fresh = bump in ("initial", "major", "minor")
+    outcome: dict[str, tuple[str, str]] = {}
+    for partition, digest in digests.items():
+        entry = None if fresh else current["partitions"].get(partition)
+        if fresh:
+            outcome[partition] = (bump, reason)
+        elif entry is None:
+            outcome[partition] = ("added", f"partition {partition} added")
+        elif entry["content_hash"] == digest:
+            outcome[partition] = ("unchanged", f"partition {partition} unchanged")
+        else:
+            outcome[partition] = ("patch", f"partition {partition} data changed")
+    if not fresh:
+        patched = [p for p, (b, _) in outcome.items() if b == "patch"]
+        added = [p for p, (b, _) in outcome.items() if b == "added"]
+        if patched:
+            version, bump, reason = _bump(version, "patch"), "patch", f"data changed in {_some(patched)}"
+        elif added:
+            bump, reason = "added", f"added {_some(added)}"
+        else:
+            bump, reason = "unchanged", "no partition changed"
+    return outcome, version, bump, reason
 
 
 def _some(partitions: list[str]) -> str:
