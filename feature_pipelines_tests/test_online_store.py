@@ -600,3 +600,16 @@ def test_redis_bad_url_does_not_echo_the_password():
     with pytest.raises(StoreError) as info:
         RedisOnlineStore("http://:hunter2@example.com:1/0")
     assert "hunter2" not in str(info.value) and "example.com" in str(info.value)
+
+
+def test_prefix_names_the_returned_values(store):
+    """OnlineRead.prefix names value columns `<prefix><column>` on every decode path (found, missing, none found)."""
+    frame = every_dtype_frame()
+    store.write("every", 1, ["customer_id"], frame)
+    columns = [c for c in frame.columns if c not in ("customer_id", "feature_timestamp")]
+    keys = pl.concat([frame.select("customer_id"), pl.DataFrame({"customer_id": ["nobody"]}, schema=frame.select("customer_id").schema)])
+    plain, named = store.read([OnlineRead("every", 1, keys, columns), OnlineRead("every", 1, keys, columns, prefix="every__")])
+    assert named.columns == [f"every__{c}" for c in columns] + ["feature_timestamp"]
+    assert_frame_equal(named.rename(lambda c: c.removeprefix("every__")), plain)
+    (none,) = store.read([OnlineRead("every", 1, pl.DataFrame({"customer_id": ["x"]}, schema=keys.schema), columns[:2], prefix="p_")])
+    assert none.columns == [f"p_{c}" for c in columns[:2]] + ["feature_timestamp"] and none.null_count().row(0) == (1, 1, 1)

@@ -68,6 +68,8 @@ class OnlineRead:
     """The requested entities: the join-key columns (extra columns are ignored), one row per entity; duplicates and nulls allowed."""
     columns: list[str] = field(default_factory=list)
     """Value columns to return; `feature_timestamp` is always returned as well, as the last column."""
+    prefix: str = ""
+    """Prepended to the returned value columns' names (e.g. 'customer_spend__'), so callers need no rename."""
 
 
 @runtime_checkable
@@ -524,8 +526,9 @@ class UnknownSchema(Exception):
     """A record names a schema id this process has not loaded: the store reloads its schemas and retries."""
 
 
-def decode(values: Sequence[bytes | None], schemas: SchemaSet, columns: Sequence[str]) -> pl.DataFrame:
-    """One row per entry of `values` (None = no value: a row of nulls), columns `columns` + feature_timestamp.
+def decode(values: Sequence[bytes | None], schemas: SchemaSet, columns: Sequence[str], prefix: str = "") -> pl.DataFrame:
+    """One row per entry of `values` (None = no value: a row of nulls), columns `columns` (named with
+    `prefix` in front) + feature_timestamp.
 
     Records of one schema and no string columns (the common case) decode with one np.frombuffer;
     otherwise rows are grouped by schema and string data gathered with numpy, never value by value.
@@ -539,7 +542,7 @@ def decode(values: Sequence[bytes | None], schemas: SchemaSet, columns: Sequence
         found = [values[i] for i in positions]
     m = len(found)
     if m == 0:
-        return _empty(schemas, columns, n)
+        return _empty(schemas, columns, n, prefix)
     frame = None
     first = found[0]
     sid = int.from_bytes(first[8:12], "little")
@@ -551,9 +554,9 @@ def decode(values: Sequence[bytes | None], schemas: SchemaSet, columns: Sequence
         if len(buf) == m * schema.width:
             rec = np.frombuffer(buf, dtype=schema.record)
             if m == 1 or (rec["sid"] == sid).all():
-                frame = _frame(schema, schemas, columns, rec, None, None)
+                frame = _frame(schema, schemas, columns, rec, None, None, prefix)
     if frame is None:
-        frame = _decode_general(found, schemas, columns)
+        frame = _decode_general(found, schemas, columns, prefix)
     if positions is None:
         return frame
     take = np.zeros(n, dtype=np.uint32)
@@ -563,7 +566,7 @@ def decode(values: Sequence[bytes | None], schemas: SchemaSet, columns: Sequence
     return frame[pl.Series(np.ma.masked_array(take, absent))]  # a null index gathers a row of nulls
 
 
-def _decode_general(found: Sequence[bytes], schemas: SchemaSet, columns: Sequence[str]) -> pl.DataFrame:
+def _decode_general(found: Sequence[bytes], schemas: SchemaSet, columns: Sequence[str], prefix: str) -> pl.DataFrame:
     m = len(found)
     lens = np.fromiter(map(len, found), dtype=np.int64, count=m)
     starts = np.zeros(m, dtype=np.int64)
@@ -579,7 +582,7 @@ def _decode_general(found: Sequence[bytes], schemas: SchemaSet, columns: Sequenc
         rows = np.flatnonzero(sids == sid) if len(groups) > 1 else np.arange(m)
         head = buf[(starts[rows, None] + np.arange(schema.width)).ravel()]
         rec = head.view(schema.record)
-        frames.append(_frame(schema, schemas, columns, rec, buf, starts[rows]))
+        frames.append(_frame(schema, schemas, columns, rec, buf, starts[rows], prefix))
         order.append(rows)
     if len(frames) == 1:
         return frames[0]
@@ -590,7 +593,7 @@ def _decode_general(found: Sequence[bytes], schemas: SchemaSet, columns: Sequenc
 
 
 def _frame(schema: RowSchema, schemas: SchemaSet, columns: Sequence[str], rec: np.ndarray,
-           buf: np.ndarray | None, starts: np.ndarray | None) -> pl.DataFrame:
+           buf: np.ndarray | None, starts: np.ndarray | None, prefix: str = "") -> pl.DataFrame:
     """Build the output frame of records that all share `schema` (buf/starts locate string data, if any)."""
     m = len(rec)
     nulls = None
@@ -598,24 +601,25 @@ def _frame(schema: RowSchema, schemas: SchemaSet, columns: Sequence[str], rec: n
         nulls = np.unpackbits(rec["nulls"], axis=1, count=len(schema.columns), bitorder="little").view(bool)
     series = []
     for kind, name, dtype, i, field_name in schemas.plan(schema, columns):
+        out = prefix + name
         if kind == "null":  # column added after this record was written, or a column only ever null
-            series.append(pl.Series(name, [None] * m, dtype=dtype))
+            series.append(pl.Series(out, [None] * m, dtype=dtype))
             continue
         mask = nulls[:, i] if nulls is not None and nulls[:, i].any() else None
         if kind == "var":
-            series.append(_var_series(name, schema, i, rec, buf, starts, mask))
+            series.append(_var_series(name, schema, i, rec, buf, starts, mask, out))
             continue
         arr = rec[field_name].copy()  # a copy is aligned and contiguous, as polars needs
         if kind == "bool":
             arr = arr.view(np.bool_)
-        s = _series(name, arr) if mask is None else pl.Series(name, np.ma.masked_array(arr, mask))
+        s = _series(out, arr) if mask is None else pl.Series(out, np.ma.masked_array(arr, mask))
         series.append(s.cast(dtype) if kind == "temporal" else s)
     series.append(_series(FEATURE_TIMESTAMP, rec["ts"].astype(np.int64)).cast(_TS_DTYPE))
     return _frame_of(series)
 
 
 def _var_series(name: str, schema: RowSchema, i: int, rec: np.ndarray, buf: np.ndarray | None,
-                starts: np.ndarray | None, mask: np.ndarray | None) -> pl.Series:
+                starts: np.ndarray | None, mask: np.ndarray | None, out: str) -> pl.Series:
     m = len(rec)
     assert buf is not None and starts is not None, "records with string columns always take the general decode path"
     length = rec[f"l{i}"].astype(np.int64)
@@ -636,12 +640,12 @@ def _var_series(name: str, schema: RowSchema, i: int, rec: np.ndarray, buf: np.n
         null_count = int(mask.sum())
     arrow_type = pa.large_utf8() if isinstance(schema.dtypes[name], pl.String) else pa.large_binary()
     arr = pa.Array.from_buffers(arrow_type, m, [validity, pa.py_buffer(offsets), pa.py_buffer(data)], null_count=null_count)
-    return pl.Series(name, arr)
+    return pl.Series(out, arr)
 
 
-def _empty(schemas: SchemaSet, columns: Sequence[str], n: int) -> pl.DataFrame:
+def _empty(schemas: SchemaSet, columns: Sequence[str], n: int, prefix: str = "") -> pl.DataFrame:
     """n rows of nulls with the stored dtypes."""
-    series = [pl.Series(c, [None] * n, dtype=schemas.dtypes[c]) for c in columns]
+    series = [pl.Series(prefix + c, [None] * n, dtype=schemas.dtypes[c]) for c in columns]
     series.append(pl.Series(FEATURE_TIMESTAMP, [None] * n, dtype=_TS_DTYPE))
     return pl.DataFrame(series)
 

@@ -367,11 +367,11 @@ class RedisOnlineStore:
     def _decode(self, r: OnlineRead, values: list) -> pl.DataFrame:
         schemas = self._schemas[(r.feature, r.major)]
         try:
-            return decode(values, schemas, r.columns)
+            return decode(values, schemas, r.columns, r.prefix)
         except UnknownSchema:  # written under a schema registered after we cached: reload once
             schemas = self._parse_schemas(r.feature, r.major, self._client.hgetall(self._schema_key(r.feature, r.major)))
             try:
-                return decode(values, schemas, r.columns)
+                return decode(values, schemas, r.columns, r.prefix)
             except UnknownSchema as e:
                 raise StoreError(f"{label(r.feature, r.major)} in {self.description} holds records of schema id "
                                  f"{e.args[0]} that {self._schema_key(r.feature, r.major)} does not list; "

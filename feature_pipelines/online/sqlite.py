@@ -234,11 +234,11 @@ class SQLiteOnlineStore:
             found.update(conn.execute(sql, (r.feature, r.major, *part, now)).fetchall())
         values = [found.get(t) if t is not None else None for t in texts]
         try:
-            return decode(values, schemas, r.columns)
+            return decode(values, schemas, r.columns, r.prefix)
         except UnknownSchema:  # written by a newer schema since we cached: reload once
             schemas = self._load_schemas(r.feature, r.major)
             try:
-                return decode(values, schemas, r.columns)
+                return decode(values, schemas, r.columns, r.prefix)
             except UnknownSchema as e:
                 raise StoreError(f"{label(r.feature, r.major)} in {self.description} holds records of schema id {e.args[0]} "
                                  f"that online_schemas does not list; the store file is damaged") from None
