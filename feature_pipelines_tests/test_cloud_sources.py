@@ -46,3 +46,48 @@ def test_s3_source_gives_the_local_result(tmp_path: Path, monkeypatch) -> None:
     want = PolarsEngine().compute(feature(Source(str(tmp_path / "events.parquet"), timestamp="ts")), keys)
     for key in keys:
         assert_frame_equal(got[key], want[key], check_exact=True)
+
+
+def test_gs_source_gives_the_local_result_and_follows_generations(tmp_path: Path, monkeypatch) -> None:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from feature_pipelines_tests.servers import fake_gcs_server
+
+    rng = np.random.default_rng(10)
+    n = 2000
+    events = pl.DataFrame({
+        "customer_id": rng.choice(["a", "b", "c"], n),
+        "ts": np.datetime64("2023-12-25", "us") + rng.integers(0, 20 * 86_400_000_000, n).astype("timedelta64[us]"),
+        "amount": np.round(rng.uniform(0, 100, n), 2),
+    })
+    events.write_parquet(tmp_path / "events.parquet")
+    with fake_gcs_server() as gcs:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.url)
+        monkeypatch.setenv("FEATURE_PIPELINES_CACHE_DIR", str(tmp_path / "cache"))
+        monkeypatch.setenv("NO_GCE_CHECK", "true")
+        client = storage.Client(project="fp", credentials=AnonymousCredentials(), client_options={"api_endpoint": gcs.url})
+        bucket = client.create_bucket("raw-events")
+        bucket.blob("tx/events.parquet").upload_from_filename(str(tmp_path / "events.parquet"))
+
+        def feature(source: Source) -> Feature:
+            return Feature(name="spend", entities=[Entity("customer", join_key="customer_id")], source=source, start="2024-01-01",
+                           metrics=[Rolling(["1d", "7d"], {"amount": ["sum", "count"]})])
+
+        keys = [(date(2024, 1, 1) + timedelta(days=i)).isoformat() for i in range(7)]
+        remote = Source("gs://raw-events/tx/events.parquet", timestamp="ts")
+        first = remote.fingerprint()
+        got = PolarsEngine().compute(feature(remote), keys)
+        assert remote.fingerprint() == first  # unchanged object, same generation
+        changed = events.with_columns(pl.col("amount") + 1)
+        changed.write_parquet(tmp_path / "changed.parquet")
+        bucket.blob("tx/events.parquet").upload_from_filename(str(tmp_path / "changed.parquet"))
+        assert remote.fingerprint() != first
+        again = PolarsEngine().compute(feature(remote), keys)
+        globbed = PolarsEngine().compute(feature(Source("gs://raw-events/tx/*.parquet", timestamp="ts")), keys)
+    want = PolarsEngine().compute(feature(Source(str(tmp_path / "events.parquet"), timestamp="ts")), keys)
+    want_changed = PolarsEngine().compute(feature(Source(str(tmp_path / "changed.parquet"), timestamp="ts")), keys)
+    for key in keys:
+        assert_frame_equal(got[key], want[key], check_exact=True)
+        assert_frame_equal(again[key], want_changed[key], check_exact=True)
+        assert_frame_equal(globbed[key], want_changed[key], check_exact=True)

@@ -49,6 +49,10 @@ class Source:
         file with identical bytes keeps the fingerprint.
         """
         where = self.location
+        if where.startswith("gs://"):
+            from feature_pipelines.gcs_sources import fingerprint  # noqa: PLC0415
+
+            return fingerprint(where)
         if "://" in where:
             return None
         root = Path(where)
@@ -74,6 +78,12 @@ class Source:
                 f"source {where!r} does not exist (resolved to {Path(where).resolve()}); "
                 "generate the example data with `feature-pipelines generate` or fix the path"
             )
+        if where.startswith("gs://"):
+            if self.format == "delta":
+                raise DataError(f"source {where!r}: Delta tables on gs:// are not supported; use parquet or csv objects")
+            from feature_pipelines.gcs_sources import local_copy  # noqa: PLC0415
+
+            where = local_copy(where)
         if self.format == "parquet":
             return pl.scan_parquet(where)
         if self.format == "csv":
