@@ -24,7 +24,7 @@ from feature_pipelines.keys import with_surrogate_key
 from feature_pipelines.online.base import OnlineRead
 from feature_pipelines.profiles import load_profile
 from feature_pipelines.registry import Registry, load_registry
-from feature_pipelines.spec.feature import FEATURE_TIMESTAMP, Feature, FeatureService
+from feature_pipelines.spec.feature import Feature, FeatureService
 
 _TS = "__label_us"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
