@@ -51,7 +51,8 @@ class Profile:
         offline_store: {kind: local, path: ./feature_store}
         offline_store: {kind: s3, bucket: my-features, prefix: feature_store, region: eu-west-1, endpoint_url: ...}
         offline_store: {kind: gcs, bucket: my-features, prefix: feature_store, project: my-project, endpoint: ...}
-        offline_store: {kind: unity_catalog, catalog: ml, schema: features, host: https://....databricks.com, storage_root: s3://...}
+        offline_store: {kind: unity_catalog, catalog: ml, schema: features, host: https://....databricks.com, storage_root: s3://...,
+                        warehouse_id: ...}   # a SQL warehouse registers new tables on Databricks
         ```
 
         Credentials never go in a profile: S3 uses boto3's chain (AWS_* variables, AWS_PROFILE, roles),
@@ -81,7 +82,7 @@ class Profile:
         if kind == "unity_catalog":
             from feature_pipelines.store.unity import UnityCatalogStore
 
-            allowed = ("catalog", "schema", "host", "storage_root")
+            allowed = ("catalog", "schema", "host", "storage_root", "warehouse_id")
             extra = sorted(k for k in cfg if k not in allowed)
             if extra:
                 raise ProfileError(f"{where} has unknown setting(s) {extra}; kind 'unity_catalog' takes: {', '.join(allowed)} "

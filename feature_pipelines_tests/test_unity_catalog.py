@@ -665,3 +665,25 @@ def test_online_store_write_creates_then_syncs_per_mode(mode):
     assert "online" in online.description and mode in online.description
     with pytest.raises(StoreError, match="Feature Serving endpoint"):
         online.read([])
+
+
+def test_tables_are_registered_through_a_sql_warehouse_when_one_is_given(uc, schema):
+    """On Databricks, external tables are registered with CREATE TABLE ... LOCATION on a SQL warehouse."""
+    store = UnityCatalogStore("main", schema, host=uc.url, token=TOKEN, warehouse_id="wh-123")
+    before = len(uc.requests)
+    store.write_partition(FEATURE, "2024-01-01", make_frame("2024-01-01"), keys=KEYS, timestamp=TS, config_hash="c1")
+    calls = uc.requests[before:]
+    assert ("POST", "/api/2.0/sql/statements", 200) in calls
+    assert not any(method == "POST" and path.endswith("/unity-catalog/tables") for method, path, _ in calls)
+    assert f"main.{schema}.{FEATURE}" in uc.tables
+    assert_frame_equal(store.read(FEATURE), make_frame("2024-01-01"))
+
+
+def test_create_table_statement_quotes_names_and_location():
+    from feature_pipelines.store.unity import create_table_statement
+
+    request = create_table_statement("ml", "features", "spend", "s3://lake/it's here", "wh-1")
+    assert request == {"warehouse_id": "wh-1", "wait_timeout": "30s", "on_wait_timeout": "CANCEL",
+                       "statement": "CREATE TABLE IF NOT EXISTS `ml`.`features`.`spend` USING DELTA LOCATION 's3://lake/it''s here'"}
+    with pytest.raises(StoreError, match="not a valid"):
+        create_table_statement("ml", "features", "spend`; DROP TABLE x; --", "s3://lake", "wh-1")

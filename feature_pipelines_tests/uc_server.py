@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import threading
 import time
 import uuid
@@ -119,6 +120,8 @@ class UnityCatalogServer:
         return None
 
     def handle(self, method: str, path: str, query: dict, body: dict | None) -> tuple[int, dict]:
+        if method == "POST" and path == "/api/2.0/sql/statements":
+            return self._statement(body or {})
         if not path.startswith(PREFIX + "/"):
             return 404, _error("ENDPOINT_NOT_FOUND", f"No API found for '{method} {path}'")
         rest = path[len(PREFIX) + 1:]
@@ -176,6 +179,25 @@ class UnityCatalogServer:
         }
         self.tables[full] = info
         return 200, info
+
+
+    _CREATE = re.compile(r"CREATE TABLE IF NOT EXISTS `([^`]+)`\.`([^`]+)`\.`([^`]+)` USING DELTA LOCATION '((?:[^']|'')*)'$")
+
+    def _statement(self, body: dict) -> tuple[int, dict]:
+        """The Statement Execution API, for the one statement the store sends: CREATE TABLE ... LOCATION."""
+        if not body.get("warehouse_id"):
+            return 400, _error("INVALID_PARAMETER_VALUE", "warehouse_id is required")
+        found = self._CREATE.match(body.get("statement") or "")
+        if not found:
+            return 200, {"statement_id": str(uuid.uuid4()), "status": {"state": "FAILED", "error": {
+                "error_code": "PARSE_SYNTAX_ERROR", "message": f"this test server runs only CREATE TABLE ... LOCATION: {body.get('statement')!r}"}}}
+        catalog, schema, table, location = found.groups()
+        with self._lock:
+            status, info = self._create_table({"name": table, "catalog_name": catalog, "schema_name": schema, "table_type": "EXTERNAL",
+                                               "data_source_format": "DELTA", "storage_location": location.replace("''", "'")})
+        if status not in (200, 409):
+            return 200, {"statement_id": str(uuid.uuid4()), "status": {"state": "FAILED", "error": info}}
+        return 200, {"statement_id": str(uuid.uuid4()), "status": {"state": "SUCCEEDED"}}
 
 
 def _error(code: str, message: str) -> dict:

@@ -146,7 +146,8 @@ class CatalogClient:
     """
 
     def __init__(self, catalog: str, schema: str, *, host: str | None = None, token: str | None = None,
-                 workspace: Any = None, retry_timeout_seconds: int = RETRY_TIMEOUT_SECONDS) -> None:
+                 workspace: Any = None, retry_timeout_seconds: int = RETRY_TIMEOUT_SECONDS,
+                 warehouse_id: str | None = None) -> None:
         for value, what in ((catalog, "catalog"), (schema, "schema")):
             if not isinstance(value, str) or not _NAME.match(value):
                 raise StoreError(f"Unity Catalog {what} name {value!r} is not valid: expected letters, digits, '_' or '-', e.g. 'main'")
@@ -155,6 +156,7 @@ class CatalogClient:
         self._token = token
         self._workspace = workspace
         self._retry_timeout = retry_timeout_seconds
+        self.warehouse_id = warehouse_id
 
     @property
     def host(self) -> str:
@@ -272,6 +274,17 @@ class CatalogClient:
         found = self.table_location(table)
         if found:
             return found
+        if self.warehouse_id:
+            # Databricks workspaces do not take external tables through POST /tables: SQL on a warehouse does it.
+            request = create_table_statement(self.catalog, self.schema, table, location, self.warehouse_id)
+            answer = self._call(f"CREATE table {self.full_name(table)} (SQL warehouse {self.warehouse_id})", "POST",
+                                "/api/2.0/sql/statements", request)
+            state = (answer.get("status") or {}).get("state")
+            if state != "SUCCEEDED":
+                error = (answer.get("status") or {}).get("error") or {}
+                raise StoreError(f"Unity Catalog at {self.host}: creating {self.full_name(table)} on SQL warehouse "
+                                 f"{self.warehouse_id} ended {state}: {self._scrub(str(error.get('message') or error))}")
+            return self.table_location(table) or location
         body = {"name": table, "catalog_name": self.catalog, "schema_name": self.schema, "table_type": "EXTERNAL",
                 "data_source_format": "DELTA", "storage_location": location, "columns": columns,
                 "comment": comment or "written by feature_pipelines"}
@@ -282,6 +295,20 @@ class CatalogClient:
                 raise
             return self.table_location(table) or location
         return info.get("storage_location") or location
+
+
+def create_table_statement(catalog: str, schema: str, table: str, location: str, warehouse_id: str) -> dict:
+    """The Statement Execution API request that registers an external Delta table at `location`.
+
+    Identifiers are validated names (letters, digits, '_', '-'), quoted with backticks; the location
+    is a string literal with quotes doubled.
+    """
+    for value in (catalog, schema, table):
+        if not _NAME.match(value):
+            raise StoreError(f"{value!r} is not a valid Unity Catalog name")
+    literal = location.replace("\\", "\\\\").replace("'", "''")
+    statement = f"CREATE TABLE IF NOT EXISTS `{catalog}`.`{schema}`.`{table}` USING DELTA LOCATION '{literal}'"
+    return {"warehouse_id": warehouse_id, "statement": statement, "wait_timeout": "30s", "on_wait_timeout": "CANCEL"}
 
 
 def _uc_columns(delta_schema_json: str, partition_column: str) -> list[dict]:
@@ -390,11 +417,12 @@ class UnityCatalogStore:
 
     def __init__(self, catalog: str, schema: str = "features", *, host: str | None = None, token: str | None = None,
                  client: Any = None, storage_options: dict[str, str] | None = None, storage_root: str | None = None,
-                 change_data_feed: bool = True) -> None:
+                 change_data_feed: bool = True, warehouse_id: str | None = None) -> None:
         if isinstance(client, CatalogClient):
             self.catalog_client = client
         else:
-            self.catalog_client = CatalogClient(catalog, schema, host=host, token=token, workspace=client)
+            self.catalog_client = CatalogClient(catalog, schema, host=host, token=token, workspace=client,
+                                                warehouse_id=warehouse_id)
         self.catalog, self.schema = self.catalog_client.catalog, self.catalog_client.schema
         self._storage_options = dict(storage_options) if storage_options else None
         self._storage_root = storage_root
