@@ -1,4 +1,4 @@
-"""The `feature-pipelines` command: list, inspect, build, demo and look after the store."""
+"""The `feature-pipelines` command: list, inspect, build, publish, serve, demo and look after the store."""
 
 from __future__ import annotations
 
