@@ -687,3 +687,40 @@ def test_create_table_statement_quotes_names_and_location():
                        "statement": "CREATE TABLE IF NOT EXISTS `ml`.`features`.`spend` USING DELTA LOCATION 's3://lake/it''s here'"}
     with pytest.raises(StoreError, match="not a valid"):
         create_table_statement("ml", "features", "spend`; DROP TABLE x; --", "s3://lake", "wh-1")
+
+
+def test_cloud_tables_use_credentials_vended_by_unity_catalog(tmp_path, monkeypatch):
+    """Tables in S3 (moto) that this process has no credentials for: Unity Catalog vends them, per table."""
+    import boto3
+
+    from feature_pipelines_tests.servers import moto_server
+
+    with moto_server() as s3:
+        boto3.client("s3", endpoint_url=s3.url, aws_access_key_id="uc-key", aws_secret_access_key="uc-secret",
+                     region_name="us-east-1").create_bucket(Bucket="lake")
+        for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+            monkeypatch.delenv(var, raising=False)
+        for var, value in {"AWS_ENDPOINT_URL": s3.url, "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true",
+                           "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": str(tmp_path / "none"),
+                           "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}.items():
+            monkeypatch.setenv(var, value)
+        vended = {"access_key_id": "uc-key", "secret_access_key": "uc-secret", "session_token": "uc-session"}
+        uc = UnityCatalogServer(tmp_path / "uc", TOKEN, ("main.features",), storage_root="s3://lake/uc", vended=vended).start()
+        try:
+            store = UnityCatalogStore("main", "features", host=uc.url, token=TOKEN)
+            frames = {k: make_frame(k, seed=i) for i, k in enumerate(["2024-01-01", "2024-01-02"])}
+            store.write_partitions(FEATURE, frames, keys=KEYS, timestamp=TS, config_hash="c1")
+            assert uc.tables[f"main.features.{FEATURE}"]["storage_location"].startswith("s3://lake/uc/")
+            assert_frame_equal(store.read(FEATURE, partitions=["2024-01-02"]), frames["2024-01-02"])
+            asked = {(v["path"].rsplit("/", 1)[-1], v.get("operation")) for v in uc.vended_for}
+            assert ("temporary-path-credentials", "PATH_CREATE_TABLE") in asked
+            assert ("temporary-table-credentials", "READ_WRITE") in asked
+            objects = boto3.client("s3", endpoint_url=s3.url, aws_access_key_id="uc-key", aws_secret_access_key="uc-secret",
+                                   region_name="us-east-1").list_objects_v2(Bucket="lake", Prefix="uc/main/features/")
+            assert any(o["Key"].endswith(".parquet") for o in objects.get("Contents", []))
+            assert "uc-secret" not in repr(store) + store.description + json.dumps(store.manifest(FEATURE), default=str)
+            # Without vending (and without credentials of its own) the same store cannot reach the data.
+            with pytest.raises(StoreError, match="s3://lake/uc/main/features"):
+                UnityCatalogStore("main", "features", host=uc.url, token=TOKEN, vend_credentials=False).read(FEATURE)
+        finally:
+            uc.stop()

@@ -44,10 +44,13 @@ class UnityCatalogServer:
     """
 
     def __init__(self, root: str | Path, token: str, schemas: tuple[str, ...] = ("main.features",), *,
-                 file_uris: bool = False) -> None:
+                 file_uris: bool = False, storage_root: str | None = None, vended: dict | None = None) -> None:
         self.root = Path(root).resolve()
         self.token = token
         self.file_uris = file_uris
+        self.cloud_root = storage_root  # e.g. s3://bucket/uc: schema storage roots live there instead of under `root`
+        self.vended = vended  # aws_temp_credentials handed out by the temporary-credentials endpoints
+        self.vended_for: list[dict] = []  # what was asked for, for tests
         self.catalogs: set[str] = {s.split(".")[0] for s in schemas}
         self.schemas: set[str] = set(schemas)
         self.tables: dict[str, dict] = {}
@@ -90,6 +93,8 @@ class UnityCatalogServer:
     # ---- the metastore -----------------------------------------------------------------------
 
     def storage_root(self, catalog: str, schema: str) -> str:
+        if self.cloud_root:
+            return f"{self.cloud_root.rstrip('/')}/{catalog}/{schema}"
         path = self.root / catalog / schema
         return path.as_uri() if self.file_uris else str(path)
 
@@ -122,6 +127,15 @@ class UnityCatalogServer:
     def handle(self, method: str, path: str, query: dict, body: dict | None) -> tuple[int, dict]:
         if method == "POST" and path == "/api/2.0/sql/statements":
             return self._statement(body or {})
+        if method == "POST" and path in (PREFIX + "/temporary-table-credentials", PREFIX + "/temporary-path-credentials"):
+            if self.vended is None:
+                return 400, _error("FEATURE_DISABLED", "credential vending is not enabled on this server")
+            with self._lock:
+                self.vended_for.append({"path": path, **(body or {})})
+                known = {t["table_id"] for t in self.tables.values()}
+            if path.endswith("table-credentials") and (body or {}).get("table_id") not in known:
+                return 404, _error("TABLE_DOES_NOT_EXIST", f"no table with id {(body or {}).get('table_id')!r}")
+            return 200, {"aws_temp_credentials": dict(self.vended), "expiration_time": int((time.time() + 3600) * 1000)}
         if not path.startswith(PREFIX + "/"):
             return 404, _error("ENDPOINT_NOT_FOUND", f"No API found for '{method} {path}'")
         rest = path[len(PREFIX) + 1:]

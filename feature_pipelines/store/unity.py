@@ -244,6 +244,17 @@ class CatalogClient:
                              f"(a view or a table type this store cannot read directly: {info.get('table_type')})")
         return location
 
+    def temporary_credentials(self, *, table: str | None = None, url: str | None = None) -> dict:
+        """Short-lived storage credentials Unity Catalog vends for a registered table (read/write) or, for a
+        table not registered yet, for its path (create)."""
+        if table is not None:
+            full = self.full_name(table)
+            info = self._call(f"GET table {full}", "GET", f"/api/2.1/unity-catalog/tables/{full}")
+            return self._call(f"temporary credentials for {full}", "POST", "/api/2.1/unity-catalog/temporary-table-credentials",
+                              {"table_id": info.get("table_id"), "operation": "READ_WRITE"})
+        return self._call(f"temporary credentials for {url}", "POST", "/api/2.1/unity-catalog/temporary-path-credentials",
+                          {"url": url, "operation": "PATH_CREATE_TABLE"})
+
     def schema_info(self) -> dict:
         """The schema's UC record (raises a StoreError naming the missing catalog or schema)."""
         full = f"{self.catalog}.{self.schema}"
@@ -295,6 +306,26 @@ class CatalogClient:
                 raise
             return self.table_location(table) or location
         return info.get("storage_location") or location
+
+
+def vended_storage_options(answer: dict, where: str) -> dict[str, str]:
+    """deltalake/polars storage options from a Unity Catalog temporary-credentials answer."""
+    aws = answer.get("aws_temp_credentials")
+    if aws:
+        options = {"AWS_ACCESS_KEY_ID": aws["access_key_id"], "AWS_SECRET_ACCESS_KEY": aws["secret_access_key"]}
+        if aws.get("session_token"):
+            options["AWS_SESSION_TOKEN"] = aws["session_token"]
+        return options
+    azure = answer.get("azure_user_delegation_sas")
+    if azure:
+        return {"SAS_TOKEN": azure["sas_token"]}
+    raise StoreError(f"Unity Catalog vended credentials for {where} of a kind this store cannot use "
+                     f"({', '.join(k for k in answer if k.endswith(('credentials', 'token', 'sas'))) or 'none'}); "
+                     "pass storage_options= to the store instead")
+
+
+def _is_cloud(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
 
 
 def create_table_statement(catalog: str, schema: str, table: str, location: str, warehouse_id: str) -> dict:
@@ -417,7 +448,7 @@ class UnityCatalogStore:
 
     def __init__(self, catalog: str, schema: str = "features", *, host: str | None = None, token: str | None = None,
                  client: Any = None, storage_options: dict[str, str] | None = None, storage_root: str | None = None,
-                 change_data_feed: bool = True, warehouse_id: str | None = None) -> None:
+                 change_data_feed: bool = True, warehouse_id: str | None = None, vend_credentials: bool = True) -> None:
         if isinstance(client, CatalogClient):
             self.catalog_client = client
         else:
@@ -425,6 +456,9 @@ class UnityCatalogStore:
                                                 warehouse_id=warehouse_id)
         self.catalog, self.schema = self.catalog_client.catalog, self.catalog_client.schema
         self._storage_options = dict(storage_options) if storage_options else None
+        # Without explicit storage_options, cloud locations get credentials vended by Unity Catalog, per table.
+        self._vend = vend_credentials
+        self._vended: dict[str, tuple[float, dict]] = {}  # location -> (expires at, storage options)
         self._storage_root = storage_root
         self._change_data_feed = change_data_feed
         self._locations: dict[str, str] = {}  # table -> storage location, as Unity Catalog has it
@@ -449,6 +483,20 @@ class UnityCatalogStore:
 
     def table_name(self, feature: str) -> str:
         return self.catalog_client.full_name(feature)
+
+    def _options(self, location: str) -> dict | None:
+        """Storage options for `location`: the explicit ones, else (cloud storage) credentials vended by Unity Catalog."""
+        if self._storage_options is not None or not self._vend or not _is_cloud(location):
+            return self._storage_options
+        cached = self._vended.get(location)
+        if cached is not None and cached[0] > time.time() + 60:
+            return cached[1]
+        table = next((t for t, at in self._locations.items() if at == location), None)
+        answer = self.catalog_client.temporary_credentials(table=table, url=None if table else location)
+        options = vended_storage_options(answer, self.table_name(table) if table else location)
+        expires = (answer.get("expiration_time") or 0) / 1000 or time.time() + 900
+        self._vended[location] = (expires, options)
+        return options
 
     def _location(self, table: str) -> str | None:
         if table not in self._locations:
@@ -475,7 +523,7 @@ class UnityCatalogStore:
             config = {"delta.enableChangeDataFeed": "true"} if change_data_feed else None
             try:
                 deltalake.DeltaTable.create(target, schema=schema, partition_by=partition_by, mode="ignore",
-                                            configuration=config, storage_options=self._storage_options)
+                                            configuration=config, storage_options=self._options(target))
             except (DeltaError, OSError) as err:
                 if self._open(target) is None:  # not a lost creation race: a real failure
                     raise StoreError(f"cannot create the Delta table for {self.table_name(table)} at {target}: {err}; "
@@ -484,6 +532,7 @@ class UnityCatalogStore:
             columns = _uc_columns(self._open(target).schema().to_json(), partition_by[0])
             location = self.catalog_client.ensure_table(table, columns, target, comment)
             self._locations[table] = location
+            self._vended.pop(target, None)  # path credentials were for creating it; the table's own come next
         self._ensured.add(table)
         return location
 
@@ -491,7 +540,7 @@ class UnityCatalogStore:
         """The Delta table at `location` (at `version`), or None if there is none."""
         deltalake, _, DeltaError, TableNotFoundError = _lazy_deltalake()
         try:
-            return deltalake.DeltaTable(location, version=version, storage_options=self._storage_options)
+            return deltalake.DeltaTable(location, version=version, storage_options=self._options(location))
         except TableNotFoundError:
             return None
         except (DeltaError, OSError) as err:
@@ -734,7 +783,7 @@ class UnityCatalogStore:
         if location is None:
             self._pinned(feature, manifest)  # raises: dropped from UC
         try:
-            frame = pl.scan_delta(location, version=manifest["delta_version"], storage_options=self._storage_options)
+            frame = pl.scan_delta(location, version=manifest["delta_version"], storage_options=self._options(location))
             frame = frame.filter(pl.col(PARTITION_COLUMN).is_in(keys)) if len(keys) < len(manifest["partitions"]) else frame
             if len(keys) > 1:  # Delta lists files in no useful order: give rows in partition order, like the file stores
                 frame = frame.sort(PARTITION_COLUMN, maintain_order=True)
