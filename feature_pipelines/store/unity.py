@@ -61,12 +61,12 @@ from feature_pipelines.spec.names import check_identifier
 from feature_pipelines.store.versioned import (
     FORMAT,
     CommitResult,
-    _hash_json,
     _now,
     _some,
     content_hash,
     decide,
     newest_or_raise,
+    next_manifest,
     schema_of,
     wants_older,
 )
@@ -914,27 +914,9 @@ class UnityCatalogStore:
                 replaced[partition] = f"{self.table_name(feature)}@v{partitions[partition]['delta_version']}"
             partitions[partition] = {"rows": prep.frame.height, "content_hash": prep.digest, "written_at": now,
                                      "delta_version": delta_version, **({"lineage": lineage} if lineage else {})}
-        changed = sorted(p for p, (b, _) in outcome.items() if b != "unchanged")
-        new = {
-            "format": FORMAT,
-            "name": feature,
-            "version": version,
-            "parent_version": current["version"] if current and version != current["version"] else (current or {}).get("parent_version"),
-            "keys": list(keys),
-            "timestamp_column": timestamp,
-            "columns": prepared[next(iter(prepared))].schema,
-            "schema_hash": _hash_json(prepared[next(iter(prepared))].schema),
-            "config_hash": config_hash,
-            "info": info or {},
-            "revision": (current or {}).get("revision", 0) + 1,
-            "created_at": now if not current or version != current["version"] else current["created_at"],
-            "updated_at": now,
-            "change": current["change"] if bump == "unchanged" else
-            {"bump": bump, "reason": reason, "partitions": changed, "replaced_files": replaced},
-        }
-        new["partitions"] = dict(sorted(partitions.items()))
-        new["row_count"] = sum(p["rows"] for p in new["partitions"].values())
-        new["content_hash"] = _hash_json({k: v["content_hash"] for k, v in new["partitions"].items()})
+        schema = prepared[next(iter(prepared))].schema
+        new = next_manifest(feature, current, version, bump, reason, outcome, keys=keys, timestamp=timestamp, schema=schema,
+                            config_hash=config_hash, info=info, partitions=partitions, replaced=replaced, now=now)
         new["delta_version"] = delta_version
         new["table"] = self.table_name(feature)
         return new

@@ -239,27 +239,8 @@ class VersionedStore:
                     replaced[partition] = base_partitions[partition]["file"]
                 base_partitions[partition] = {"file": rel, "rows": frame.height, "content_hash": digest, "written_at": now,
                                               **({"lineage": lineage} if lineage else {})}
-            changed = sorted(p for p, (b, _) in outcome.items() if b != "unchanged")
-            new = {
-                "format": FORMAT,
-                "name": feature,
-                "version": version,
-                "parent_version": current["version"] if current and version != current["version"] else (current or {}).get("parent_version"),
-                "keys": list(keys),
-                "timestamp_column": timestamp,
-                "columns": schema,
-                "schema_hash": _hash_json(schema),
-                "config_hash": config_hash,
-                "info": info or {},
-                "revision": (current or {}).get("revision", 0) + 1,
-                "created_at": now if not current or version != current["version"] else current["created_at"],
-                "updated_at": now,
-                "change": current["change"] if bump == "unchanged" else
-                {"bump": bump, "reason": reason, "partitions": changed, "replaced_files": replaced},
-            }
-            new["partitions"] = dict(sorted(base_partitions.items()))
-            new["row_count"] = sum(p["rows"] for p in new["partitions"].values())
-            new["content_hash"] = _hash_json({k: v["content_hash"] for k, v in new["partitions"].items()})
+            new = next_manifest(feature, current, version, bump, reason, outcome, keys=keys, timestamp=timestamp, schema=schema,
+                                config_hash=config_hash, info=info, partitions=base_partitions, replaced=replaced, now=now)
             blob = json.dumps(new, indent=1, sort_keys=False).encode()
             if current is None:
                 committed = self.blobs.create(f"{feature}/{LATEST}", blob)
@@ -321,6 +302,37 @@ class VersionedStore:
         if config_hash != current["config_hash"]:
             return _bump(version, "minor"), "minor", f"definition changed (config {current['config_hash']} → {config_hash})"
         return version, "", ""
+
+
+def next_manifest(feature: str, current: dict | None, version: str, bump: str, reason: str, outcome: dict, *,
+                  keys: list[str], timestamp: str, schema: list, config_hash: str, info: dict | None,
+                  partitions: dict, replaced: dict, now: str) -> dict:
+    """The manifest a write commits, from the current one and the write's outcome; the same for every store.
+
+    `partitions` are the new version's entries; `replaced` maps partitions to what they replaced.
+    """
+    changed = sorted(p for p, (b, _) in outcome.items() if b != "unchanged")
+    new = {
+        "format": FORMAT,
+        "name": feature,
+        "version": version,
+        "parent_version": current["version"] if current and version != current["version"] else (current or {}).get("parent_version"),
+        "keys": list(keys),
+        "timestamp_column": timestamp,
+        "columns": schema,
+        "schema_hash": _hash_json(schema),
+        "config_hash": config_hash,
+        "info": info or {},
+        "revision": (current or {}).get("revision", 0) + 1,
+        "created_at": now if not current or version != current["version"] else current["created_at"],
+        "updated_at": now,
+        "change": current["change"] if bump == "unchanged" else
+        {"bump": bump, "reason": reason, "partitions": changed, "replaced_files": replaced},
+    }
+    new["partitions"] = dict(sorted(partitions.items()))
+    new["row_count"] = sum(p["rows"] for p in new["partitions"].values())
+    new["content_hash"] = _hash_json({k: v["content_hash"] for k, v in new["partitions"].items()})
+    return new
 
 
 def newest_or_raise(store, feature: str) -> dict:
