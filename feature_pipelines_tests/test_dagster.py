@@ -17,6 +17,7 @@ from feature_pipelines import Entity, Feature, Rolling, Source, greater_than_or_
 from feature_pipelines.orchestration import build_definitions
 from feature_pipelines.registry import Registry
 from feature_pipelines.store import LocalStore
+from feature_pipelines_tests.servers import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -167,42 +168,28 @@ def test_dagster_cli_materializes_the_example_features(project: Path) -> None:
     assert bad.returncode == 2 and "2023-06-01" in bad.stderr and "customer_spend" in bad.stderr
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_webserver_shows_every_feature_with_partitions_metadata_and_checks(project: Path) -> None:
     """What `dagster dev -w workspace.yaml` serves, asked through the UI's own GraphQL API."""
-    import time
     import urllib.request
 
     from feature_pipelines.registry import load_registry
 
-    port = _free_port()
+    port = free_port()
     log = (project / "webserver.log").open("w")
     proc = subprocess.Popen([str(Path(sys.executable).with_name("dagster-webserver")), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
                             cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
     query = ("{ assetNodes { assetKey { path } partitionDefinition { description } partitionKeys metadataEntries { label } "
              "opNames assetChecksOrError { ... on AssetChecks { checks { name blocking } } } } }")
+    def answer() -> dict | None:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = json.loads(response.read())
+        return body if body.get("data", {}).get("assetNodes") else None
+
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
-                                                 headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(request, timeout=10) as response:
-                    body = json.loads(response.read())
-                if body.get("data", {}).get("assetNodes"):
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, (project / "webserver.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "dagster-webserver did not serve the workspace within 120 s"
-            time.sleep(0.5)
+        body = wait_for(answer, what="dagster-webserver serving the workspace", timeout=120, alive=lambda: proc.poll() is None,
+                        detail=lambda: (project / "webserver.log").read_text()[-3000:], interval=0.5)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -10,7 +10,6 @@ import multiprocessing
 import random
 import sqlite3
 import threading
-import time
 import traceback
 import uuid
 from datetime import date, datetime, timedelta, timezone
@@ -26,7 +25,7 @@ from polars.testing import assert_frame_equal
 from feature_pipelines.errors import StoreError
 from feature_pipelines.online import OnlineRead, OnlineStore, RedisOnlineStore, SQLiteOnlineStore, WriteResult
 from feature_pipelines.online.base import entity_series, entity_texts
-from feature_pipelines_tests.servers import redis_process, redis_server
+from feature_pipelines_tests.servers import redis_process, redis_server, wait_for
 
 UTC = timezone.utc
 T0 = datetime(2024, 1, 5, tzinfo=UTC)
@@ -253,11 +252,18 @@ def test_columns_added_within_a_major_and_dtype_changes_refused(store):
 
 
 def test_ttl_expires_values_of_that_feature_only(store):
-    store.write("fast", 1, ["customer_id"], spend(["a", "b"], at(1, 1), [1.0, 2.0]), ttl_seconds=0.5)
+    # Readable inside a (long) ttl ...
+    store.write("fast", 1, ["customer_id"], spend(["a", "b"], at(1, 1), [1.0, 2.0]), ttl_seconds=600)
     store.write("slow", 1, ["customer_id"], spend(["a", "b"], at(1, 1), [10.0, 20.0]))
     assert read1(store, "fast", ids("a", "b"), ["amount"])["amount"].to_list() == [1.0, 2.0]
-    time.sleep(1.0)
-    fast = read1(store, "fast", ids("a", "b"), ["amount"])
+    # ... and gone once a short one has passed (newer values replace the stored ones, with their own ttl).
+    store.write("fast", 1, ["customer_id"], spend(["a", "b"], at(2, 2), [1.0, 2.0]), ttl_seconds=0.3)
+
+    def expired():
+        fast = read1(store, "fast", ids("a", "b"), ["amount"])
+        return fast if fast["amount"].null_count() == 2 else None
+
+    fast = wait_for(expired, what="values written with ttl 0.3 s expiring", timeout=30, interval=0.1)
     assert fast["amount"].to_list() == [None, None] and fast["feature_timestamp"].to_list() == [None, None]
     assert fast.schema == pl.Schema({"amount": pl.Float64, "feature_timestamp": TS})  # the schema outlives the values
     assert read1(store, "slow", ids("a", "b"), ["amount"])["amount"].to_list() == [10.0, 20.0]
@@ -267,12 +273,12 @@ def test_ttl_expires_values_of_that_feature_only(store):
 
 
 def test_ttl_counts_from_the_write_and_a_skipped_write_does_not_refresh(store):
-    store.write("fast", 1, ["customer_id"], spend(["a", "b"], at(1, 1), [1.0, 2.0]), ttl_seconds=0.8)
-    time.sleep(0.5)
-    # a is refreshed by a newer value; b's re-publish of the same timestamp is skipped and does not extend it
-    assert store.write("fast", 1, ["customer_id"], spend(["a", "b"], at(2, 1), [1.5, 2.0]), ttl_seconds=0.8) == WriteResult(1, 1)
-    time.sleep(0.5)
-    assert read1(store, "fast", ids("a", "b"), ["amount"])["amount"].to_list() == [1.5, None]
+    store.write("fast", 1, ["customer_id"], spend(["a", "b"], at(1, 1), [1.0, 2.0]), ttl_seconds=3)
+    # a is refreshed by a newer value (with a long ttl); b's re-publish of the same timestamp is skipped
+    # and does not extend b's first ttl, so b expires and a stays.
+    assert store.write("fast", 1, ["customer_id"], spend(["a", "b"], at(2, 1), [1.5, 2.0]), ttl_seconds=600) == WriteResult(1, 1)
+    wait_for(lambda: read1(store, "fast", ids("a", "b"), ["amount"])["amount"].to_list() == [1.5, None],
+             what="b expiring at its first ttl while the refreshed a stays", timeout=30, interval=0.1)
 
 
 def test_unknown_column_names_it_and_lists_stored_ones(store):

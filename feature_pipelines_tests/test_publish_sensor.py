@@ -18,7 +18,7 @@ from feature_pipelines.orchestration import build_definitions
 from feature_pipelines.orchestration.publish import PUBLISH_JOB, SENSOR
 from feature_pipelines.registry import Registry
 from feature_pipelines.store import LocalStore
-from feature_pipelines_tests.servers import redis_process, start_redis
+from feature_pipelines_tests.servers import redis_process, start_redis, wait_for
 
 
 def _events(path: Path, *, bad_day: str | None = None) -> None:
@@ -162,7 +162,6 @@ def test_dagster_dev_publishes_new_partitions_without_a_click(project: Path) -> 
     import signal
     import subprocess
     import sys
-    import time
     import urllib.request
 
     from feature_pipelines.registry import load_registry
@@ -177,25 +176,20 @@ def test_dagster_dev_publishes_new_partitions_without_a_click(project: Path) -> 
     dev = subprocess.Popen([str(Path(sys.executable).with_name("dagster")), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
                            cwd=root, env=env, stdout=(project / "dev.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5).read()
-                break
-            except OSError:
-                assert dev.poll() is None and time.monotonic() < deadline, (project / "dev.log").read_text()[-3000:]
-                time.sleep(0.5)
+        log = lambda: (project / "dev.log").read_text()[-3000:]  # noqa: E731
+        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5).read(),
+                 what="dagster dev serving", timeout=120, alive=lambda: dev.poll() is None, detail=log, interval=0.5)
         built = subprocess.run([sys.executable, "-m", "feature_pipelines.cli", "build", "--features", "customer_velocity",
                                 "--start", "2024-01-01", "--end", "2024-01-03"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
         assert built.returncode == 0, built.stdout + built.stderr[-3000:]
-        deadline = time.monotonic() + 180
-        while True:
+
+        def finished_publish_runs():
             with dg.DagsterInstance.get() as instance:
                 runs = instance.get_runs(dg.RunsFilter(job_name=PUBLISH_JOB))
-            if len(runs) == 3 and all(r.is_finished for r in runs):
-                break
-            assert time.monotonic() < deadline, f"{len(runs)} publish runs after 180 s; log:\n" + (project / "dev.log").read_text()[-3000:]
-            time.sleep(1)
+            return runs if len(runs) == 3 and all(r.is_finished for r in runs) else None
+
+        runs = wait_for(finished_publish_runs, what="three finished publish runs launched by the sensor", timeout=180,
+                        alive=lambda: dev.poll() is None, detail=log, interval=1)
         assert all(r.is_success for r in runs)
         assert sorted(r.tags["feature_pipelines/partition"] for r in runs) == ["2024-01-01", "2024-01-02", "2024-01-03"]
     finally:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from datetime import datetime, timedelta, timezone
@@ -24,15 +22,10 @@ from feature_pipelines.keys import with_surrogate_key
 from feature_pipelines.orchestration.publish import publish_partitions
 from feature_pipelines.registry import Registry
 from feature_pipelines.store import LocalStore
+from feature_pipelines_tests.servers import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 UTC = timezone.utc
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _registry() -> tuple[Registry, Feature, Feature]:
@@ -143,19 +136,12 @@ def test_http_endpoint_of_feature_pipelines_serve(project: Path) -> None:
     pub = subprocess.run([*cli, "publish", "--features", "customer_spend,merchant_spend"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert pub.returncode == 0 and "customer_spend 1.0.0: 5 partition(s)" in pub.stdout, pub.stdout + pub.stderr[-3000:]
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([*cli, "serve", "--port", str(port), "--max-batch", "10"], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                status, health = _request(port, "GET", "/health")
-                break
-            except OSError:
-                assert server.poll() is None, server.stdout.read()
-                assert time.monotonic() < deadline, "serve did not answer within 60 s"
-                time.sleep(0.2)
+        status, health = wait_for(lambda: _request(port, "GET", "/health"), what="feature-pipelines serve answering",
+                                  timeout=60, alive=lambda: server.poll() is None, detail=lambda: server.stdout.read())
         assert status == 200 and health["status"] == "ok" and health["online_store"].startswith("sqlite:")
         status, listing = _request(port, "GET", "/features")
         assert status == 200 and {f["name"] for f in listing["features"]} >= {"customer_spend", "merchant_spend"}
