@@ -12,6 +12,7 @@ listen on a free 127.0.0.1 port and are stopped the same way, by their own handl
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -51,6 +52,31 @@ def wait_for(check, *, what: str, timeout: float, alive=None, detail=None, inter
             reason = "its process exited" if gone else f"not within {timeout:.0f} s"
             raise AssertionError(f"{what}: {reason}" + (f"\n{detail()}" if detail else ""))
         time.sleep(interval)
+
+
+def release_together(procs: list[subprocess.Popen], sync: Path, timeout: float) -> list[dict]:
+    """Start worker processes at the same moment and return each one's last JSON line.
+
+    Each worker writes `sync/ready-*` when set up and then waits for `sync/go`; this waits for all
+    of them, touches `go`, and collects their output (a failed worker fails the test). Workers
+    still running if this raises are killed.
+    """
+    try:
+        wait_for(lambda: len(list(sync.glob("ready-*"))) >= len(procs) or None, what="workers ready", timeout=timeout,
+                 alive=lambda: all(p.poll() is None for p in procs),
+                 detail=lambda: str([p.communicate() for p in procs if p.poll() is not None]), interval=0.01)
+        (sync / "go").touch()
+        results = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=timeout)
+            assert proc.returncode == 0, (out[-2000:], err[-3000:])
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        return results
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def redis_binary() -> str | None:

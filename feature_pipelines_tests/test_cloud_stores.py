@@ -32,21 +32,20 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import timezone
 from itertools import count
 from pathlib import Path
 
 import polars as pl
 import pytest
-from polars.testing import assert_frame_equal
 
 from feature_pipelines.errors import ProfileError, StoreError
 from feature_pipelines.profiles import load_profile
 from feature_pipelines.store import GCSStore, LocalStore, S3Store, VersionedStore
 from feature_pipelines.store.versioned import GITIGNORE, content_hash
-from feature_pipelines_tests.servers import ServerProcess, fake_gcs_server, moto_server, moto_set_auth
+from feature_pipelines_tests.servers import ServerProcess, fake_gcs_server, moto_server, moto_set_auth, release_together
+from feature_pipelines_tests.test_offline_store import assert_same_rows, make_frame, write
 
 boto3 = pytest.importorskip("boto3")
 storage = pytest.importorskip("google.cloud.storage")
@@ -57,7 +56,6 @@ UTC = timezone.utc
 KEYS = ["customer_id"]
 TS = "feature_timestamp"
 FEATURE = "customer_spend"
-BASE_TIME = datetime(2024, 1, 1, tzinfo=UTC)
 ACCESS_KEY = "AKIAFPTESTS000000000"
 SECRET_KEY = "fp-test-secret-do-not-print-7f3a9c"  # must never show up in a message, description or metadata
 REGION = "us-east-1"
@@ -245,29 +243,6 @@ def cloud(request, backends) -> Backend:
 # ---- helpers ---------------------------------------------------------------------------------------
 
 
-def make_frame(partition: str, seed: int = 0, rows: int = 3, *, extra: bool = False, int_spend: bool = False) -> pl.DataFrame:
-    """A small feature frame; different (partition, seed, shape) always give different content."""
-    frame = pl.DataFrame(
-        {
-            "customer_id": [f"{partition}-c{i}" for i in range(rows)],
-            TS: [BASE_TIME + timedelta(hours=i) for i in range(rows)],
-            "spend": [seed * 1000 + i for i in range(rows)] if int_spend else [seed * 1000 + i + 0.5 for i in range(rows)],
-        },
-        schema={"customer_id": pl.String, TS: pl.Datetime("us", "UTC"), "spend": pl.Int64 if int_spend else pl.Float64},
-    )
-    if extra:
-        frame = frame.with_columns(orders=pl.Series([seed + i for i in range(rows)], dtype=pl.Int64))
-    return frame
-
-
-def write(store: VersionedStore, partition: str, frame: pl.DataFrame, *, config: str = "cfg1"):
-    return store.write_partition(FEATURE, partition, frame, keys=KEYS, timestamp=TS, config_hash=config)
-
-
-def assert_same_rows(actual: pl.DataFrame, expected: pl.DataFrame) -> None:
-    assert_frame_equal(actual.sort(actual.columns), expected.sort(expected.columns))
-
-
 def assert_consistent(store: VersionedStore, feature: str = FEATURE) -> None:
     """The version chain links up, and every file any version references exists and matches its hash."""
     latest = store.latest(feature)
@@ -368,24 +343,7 @@ class Workers:
         """One process per job list, all released at the same moment by a go file; their results."""
         sync = Path(tempfile.mkdtemp(dir=self.dir, prefix="sync-"))
         procs = [self.start(spec, jobs, sync=str(sync)) for jobs in per_process]
-        try:
-            deadline = time.monotonic() + 180
-            while len(list(sync.glob("ready-*"))) < len(procs):
-                assert time.monotonic() < deadline, "workers never became ready"
-                assert all(p.poll() is None for p in procs), [p.communicate() for p in procs if p.poll() is not None]
-                time.sleep(0.01)
-            (sync / "go").touch()
-            results = []
-            for proc in procs:
-                out, err = proc.communicate(timeout=180)
-                assert proc.returncode == 0, err[-3000:]
-                results.append(json.loads(out.strip().splitlines()[-1]))
-            return results
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+        return release_together(procs, sync, timeout=180)
 
 
 @pytest.fixture

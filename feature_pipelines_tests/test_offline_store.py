@@ -40,6 +40,7 @@ from polars.testing import assert_frame_equal
 from feature_pipelines.errors import DefinitionError, StoreError
 from feature_pipelines.store import LocalBlobs, LocalStore, VersionedStore
 from feature_pipelines.store.versioned import content_hash
+from feature_pipelines_tests.servers import release_together
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -194,18 +195,7 @@ class Workers:
         """Run one process per (partition, frame), released at the same moment by a go file."""
         sync = Path(tempfile.mkdtemp(dir=self.dir, prefix="sync-"))
         procs = [self.start(root, partition, [frame], sync=str(sync)) for partition, frame in jobs]
-        deadline = time.monotonic() + 120
-        while len(list(sync.glob("ready-*"))) < len(procs):
-            assert time.monotonic() < deadline, "workers never became ready"
-            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs if p.poll() is not None]
-            time.sleep(0.01)
-        (sync / "go").touch()
-        results = []
-        for proc in procs:
-            out, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, err
-            results.append(json.loads(out.strip().splitlines()[-1]))
-        return results
+        return release_together(procs, sync, timeout=120)
 
 
 @pytest.fixture

@@ -45,6 +45,7 @@ from feature_pipelines.online.databricks import (
 )
 from feature_pipelines.store import LocalStore
 from feature_pipelines.store.unity import METADATA_TABLE, MANIFEST_KEY, PARTITION_COLUMN, UnityCatalogStore
+from feature_pipelines_tests.servers import release_together
 from feature_pipelines_tests.uc_server import UnityCatalogServer
 
 deltalake = pytest.importorskip("deltalake")
@@ -375,24 +376,7 @@ class Workers:
     def run_together(self, per_process) -> list[list[dict]]:
         sync = Path(tempfile.mkdtemp(dir=self.dir, prefix="sync-"))
         procs = [self.start(jobs, sync=str(sync)) for jobs in per_process]
-        try:
-            deadline = time.monotonic() + 180
-            while len(list(sync.glob("ready-*"))) < len(procs):
-                assert time.monotonic() < deadline, "workers never became ready"
-                assert all(p.poll() is None for p in procs), [p.communicate() for p in procs if p.poll() is not None]
-                time.sleep(0.01)
-            (sync / "go").touch()
-            results = []
-            for proc in procs:
-                out, err = proc.communicate(timeout=180)
-                assert proc.returncode == 0, (out[-2000:], err[-3000:])
-                results.append(json.loads(out.strip().splitlines()[-1]))
-            return results
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+        return release_together(procs, sync, timeout=180)
 
 
 def test_four_processes_write_three_partitions_each_of_a_new_feature_at_once(uc, store, schema, tmp_path):
