@@ -64,6 +64,7 @@ from feature_pipelines.store.versioned import (
     _now,
     _some,
     content_hash,
+    commit_result,
     decide,
     newest_or_raise,
     next_manifest,
@@ -923,19 +924,8 @@ class UnityCatalogStore:
 
     def _result(self, feature: str, partition: str, manifest: dict, bump: str, reason: str, entry: dict,
                 location: str) -> CommitResult:
-        return CommitResult(
-            feature=feature,
-            partition=partition,
-            version=manifest["version"],
-            bump=bump,
-            reason=reason,
-            rows=entry["rows"],
-            content_hash=entry["content_hash"],
-            schema_hash=manifest["schema_hash"],
-            config_hash=manifest["config_hash"],
-            path=f"{self.table_name(feature)}@v{manifest['delta_version']}",
-            uri=location,
-        )
+        return commit_result(feature, partition, manifest, bump, reason, entry,
+                             path=f"{self.table_name(feature)}@v{manifest['delta_version']}", uri=location)
 
 
 __all__ = ["CatalogClient", "METADATA_TABLE", "PARTITION_COLUMN", "UnityCatalogStore"]

@@ -267,19 +267,8 @@ class VersionedStore:
         raise StoreError(f"feature {feature!r}: could not save the manifest of version {version} (heavy contention?)")
 
     def _result(self, feature: str, partition: str, manifest: dict, bump: str, reason: str, entry: dict) -> CommitResult:
-        return CommitResult(
-            feature=feature,
-            partition=partition,
-            version=manifest["version"],
-            bump=bump,
-            reason=reason,
-            rows=entry["rows"],
-            content_hash=entry["content_hash"],
-            schema_hash=manifest["schema_hash"],
-            config_hash=manifest["config_hash"],
-            path=f"{feature}/{entry['file']}",
-            uri=self.blobs.uri(f"{feature}/{entry['file']}"),
-        )
+        return commit_result(feature, partition, manifest, bump, reason, entry, path=f"{feature}/{entry['file']}",
+                             uri=self.blobs.uri(f"{feature}/{entry['file']}"))
 
     @staticmethod
     def _decide_schema(current: dict | None, schema: list, config_hash: str) -> tuple[str, str, str]:
@@ -302,6 +291,14 @@ class VersionedStore:
         if config_hash != current["config_hash"]:
             return _bump(version, "minor"), "minor", f"definition changed (config {current['config_hash']} → {config_hash})"
         return version, "", ""
+
+
+def commit_result(feature: str, partition: str, manifest: dict, bump: str, reason: str, entry: dict, *,
+                  path: str, uri: str) -> CommitResult:
+    """What a write reports for one partition, from the committed manifest and the partition's entry."""
+    return CommitResult(feature=feature, partition=partition, version=manifest["version"], bump=bump, reason=reason,
+                        rows=entry["rows"], content_hash=entry["content_hash"], schema_hash=manifest["schema_hash"],
+                        config_hash=manifest["config_hash"], path=path, uri=uri)
 
 
 def next_manifest(feature: str, current: dict | None, version: str, bump: str, reason: str, outcome: dict, *,
