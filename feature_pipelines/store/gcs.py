@@ -13,7 +13,7 @@ are the one shared implementation in `versioned.py`:
 and retries. An upload is atomic on GCS, so a failed or interrupted commit leaves the previous
 `_latest.json` whole.
 
-Reading partition files (`GCSStore.scan`): the files of a version are downloaded through the same
+Reading partition files (`GCSStore._scan_files`, under `scan`): the files of a version are downloaded through the same
 JSON API client, in parallel threads, and concatenated into one frame (returned lazily). Why not
 `pl.scan_parquet("gs://...")`? polars reads gs:// through object_store, which speaks GCS's XML API
 with credentials of its own: fake-gcs-server (the emulator the tests run against) does not implement
@@ -267,11 +267,8 @@ class GCSStore(VersionedStore):
         """Build from a `dagster_gcp.GCSResource` (anything with `get_client()`), sharing its client."""
         return cls(bucket, prefix, client=resource.get_client())
 
-    def scan(self, feature: str, version: str | None = None, partitions: list[str] | None = None) -> pl.LazyFrame:
-        """The partition files of a version, downloaded in parallel through the JSON API, as a LazyFrame."""
-        files = self.partition_files(feature, version, partitions)
-        if not files:
-            return super().scan(feature, version, partitions)  # an empty frame with the manifest's schema
+    def _scan_files(self, files: list[str]) -> pl.LazyFrame:
+        """The partition files, downloaded in parallel through the JSON API, as a LazyFrame."""
         frames = [pl.read_parquet(io.BytesIO(data)) for data in self.blobs.download_many(files)]
         return pl.concat(frames, how="vertical").lazy()
 

@@ -133,7 +133,9 @@ class VersionedStore:
 
     def partition_files(self, feature: str, version: str | None = None, partitions: list[str] | None = None) -> list[str]:
         """URIs of the data files of `partitions` (default all), in partition order."""
-        manifest = self.manifest(feature, version)
+        return self._files(feature, self.manifest(feature, version), partitions)
+
+    def _files(self, feature: str, manifest: dict, partitions: list[str] | None) -> list[str]:
         entries = manifest["partitions"]
         if partitions is None:
             keys = sorted(entries)
@@ -150,11 +152,17 @@ class VersionedStore:
         return [self.blobs.uri(f"{feature}/{entries[k]['file']}") for k in keys]
 
     def scan(self, feature: str, version: str | None = None, partitions: list[str] | None = None) -> pl.LazyFrame:
-        """Lazy scan over a version's partition files, so column selection and filters push down."""
+        """Lazy scan over a version's partition files, so column selection and filters push down.
+
+        The manifest is read once: files and schema come from the same committed version.
+        """
         manifest = self.manifest(feature, version)
-        files = self.partition_files(feature, version, partitions)
+        files = self._files(feature, manifest, partitions)
         if not files:
             return pl.DataFrame(schema=_polars_schema(manifest)).lazy()
+        return self._scan_files(files)
+
+    def _scan_files(self, files: list[str]) -> pl.LazyFrame:
         return pl.scan_parquet(files, **self.scan_options())
 
     def scan_options(self) -> dict:
