@@ -31,19 +31,20 @@ def _ensure_dagster_home() -> Path:
     return home
 
 
-def _up_to_date(store, feature, keys: list[str]) -> bool:
-    """Every partition in `keys` is in the newest version, built by this definition from the same source content."""
+def _up_to_date(store, feature, keys: list[str]) -> dict | None:
+    """The newest manifest if every partition in `keys` is in it, built by this definition from the same source content."""
     from feature_pipelines.engine import PolarsEngine
     from feature_pipelines.orchestration.assets import lineage_fingerprint
 
     manifest = store.latest(feature.name)
     if manifest is None or manifest["config_hash"] != feature.config_hash:
-        return False
+        return None
     fingerprint = lineage_fingerprint(feature, PolarsEngine())
     parts = manifest["partitions"]
-    return fingerprint is not None and all(
+    current = fingerprint is not None and all(
         (parts.get(k) or {}).get("lineage", {}).get("source_fingerprint") == fingerprint for k in keys
     )
+    return manifest if current else None
 
 
 def build(registry: Registry, names: list[str] | None, tags: list[str] | None, start: str | None, end: str | None,
@@ -80,8 +81,9 @@ def build(registry: Registry, names: list[str] | None, tags: list[str] | None, s
             keys = pdef.get_partition_keys_in_range(dg.PartitionKeyRange(first, last))
             t0 = time.perf_counter()
             print(f"  {feature.name}: {len(keys)} partition(s) {first} … {last}", end="", flush=True)
-            if not force and _up_to_date(store, feature, keys):
-                version = store.latest(feature.name)["version"]
+            done = None if force else _up_to_date(store, feature, keys)
+            if done is not None:
+                version = done["version"]
                 print(f" → {version} (up to date: same definition and source; --force rebuilds)")
                 summary.append({"feature": feature.name, "version": version, "partitions": len(keys), "run_id": None})
                 continue

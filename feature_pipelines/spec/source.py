@@ -64,10 +64,7 @@ class Source:
         for file in files:
             if not file.is_file():
                 return None
-            digest.update(f"{file.name}:{file.stat().st_size}:".encode())
-            with file.open("rb") as handle:
-                while chunk := handle.read(1 << 22):
-                    digest.update(chunk)
+            digest.update(f"{file.name}:{file.stat().st_size}:{_file_digest(file)}".encode())
         return digest.hexdigest()
 
     def scan(self) -> pl.LazyFrame:
@@ -89,6 +86,26 @@ class Source:
         if self.format == "csv":
             return pl.scan_csv(where, try_parse_dates=True)
         return pl.scan_delta(where)
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(file: Path) -> str:
+    """xxh3 of a file's bytes, remembered for this process while its size and mtime stay the same.
+
+    `feature-pipelines build` checks a source before launching the run and the asset fingerprints it
+    again inside that (in-process) run: the second call must not read a large file again.
+    """
+    stat = file.stat()
+    key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = xxhash.xxh3_128()
+        with file.open("rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
 
 
 def _infer_format(path: str) -> str:
