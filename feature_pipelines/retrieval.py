@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import polars as pl
@@ -25,9 +24,9 @@ from feature_pipelines.online.base import OnlineRead
 from feature_pipelines.profiles import load_profile
 from feature_pipelines.registry import Registry, load_registry
 from feature_pipelines.spec.feature import Feature, FeatureService
+from feature_pipelines.spec.granularity import epoch_us
 
 _TS = "__label_us"
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass
@@ -240,7 +239,7 @@ class FeatureStore:
         if lo is not None:
             for key in sorted(manifest["partitions"]):
                 start = grain.parse_key(key)
-                start_us, end_us = _epoch_us(start), _epoch_us(grain.next(start))
+                start_us, end_us = epoch_us(start), epoch_us(grain.next(start))
                 # Rows of a partition are stamped within [its start, its end].
                 if start_us <= hi and (not ttl_us or end_us >= lo - ttl_us):
                     wanted.append(key)
@@ -256,10 +255,6 @@ class FeatureStore:
         if not rows["__ft"].is_sorted():
             rows = rows.sort("__ft", maintain_order=True)
         return rows
-
-
-def _epoch_us(moment: datetime) -> int:
-    return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
 def _as_polars(frame) -> pl.DataFrame:

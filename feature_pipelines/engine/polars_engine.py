@@ -18,7 +18,7 @@ a partition would report a spurious PATCH).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import numpy as np
 import polars as pl
@@ -26,12 +26,8 @@ import polars as pl
 from feature_pipelines.engine.source_reader import TS, read_events
 from feature_pipelines.errors import DataError, DefinitionError
 from feature_pipelines.spec.feature import FEATURE_TIMESTAMP, Feature
+from feature_pipelines.spec.granularity import epoch_us
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def _us(moment: datetime) -> int:
-    return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
 class PolarsEngine:
@@ -54,7 +50,7 @@ class PolarsEngine:
         bounds = grain.boundaries(min(starts), max(starts))
         if len(bounds) - 1 != len(set(starts)):
             raise DefinitionError(f"feature {feature.name!r}: partitions {partition_keys} are not one consecutive range")
-        b_us = np.array([_us(b) for b in bounds], dtype=np.int64)
+        b_us = np.array([epoch_us(b) for b in bounds], dtype=np.int64)
         lookback = timedelta(microseconds=feature.lookback_us)
         if feature.kind == "rolling":
             value_cols = list(dict.fromkeys(c for m in feature.rolling for c in m.aggregations))

@@ -15,6 +15,14 @@ from feature_pipelines.errors import DefinitionError
 UTC = timezone.utc
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def epoch_us(moment: datetime) -> int:
+    """Microseconds since the Unix epoch of an aware datetime (exact: no float rounding)."""
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
 @dataclass(frozen=True)
 class Granularity:
     """One partition granularity: a name, Dagster's key format and, when fixed, its interval length."""
