@@ -271,19 +271,20 @@ def _as_polars(frame) -> pl.DataFrame:
     raise DataError(f"entity_df must be a polars or pandas DataFrame, got {type(frame).__name__}")
 
 
-_PII_DTYPES: dict[str, dict[str, pl.DataType]] = {}
+_PII_DTYPES: dict[tuple, dict[str, pl.DataType]] = {}  # (source, PII columns) -> their dtypes in the source
 
 
 def _pii_dtypes(feature: Feature) -> dict[str, pl.DataType]:
     """Source dtypes of the PII columns of `feature`'s derived keys ({} when the source cannot be read here)."""
-    if feature.name not in _PII_DTYPES:
+    wanted = tuple(sorted({c for cols in feature.derived_keys.values() for c in cols}))
+    key = (feature.source, wanted)  # not the feature's name: two registries may reuse a name for other sources
+    if key not in _PII_DTYPES:
         try:
             schema = feature.source.scan().collect_schema()
-            wanted = {c for cols in feature.derived_keys.values() for c in cols}
-            _PII_DTYPES[feature.name] = {c: schema[c] for c in wanted if c in schema}
+            _PII_DTYPES[key] = {c: schema[c] for c in wanted if c in schema}
         except (FeaturePipelinesError, OSError, pl.exceptions.PolarsError):
-            _PII_DTYPES[feature.name] = {}
-    return _PII_DTYPES[feature.name]
+            _PII_DTYPES[key] = {}
+    return _PII_DTYPES[key]
 
 
 def _with_join_keys(work: pl.DataFrame, feature: Feature, input_columns: list[str]) -> pl.DataFrame:
