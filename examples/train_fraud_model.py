@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from feature_pipelines import FeatureStore
-from feature_pipelines.sample_data import data_dir
+from feature_pipelines.defs.sample_data import data_dir
 
 
 def labels(start: datetime, end: datetime) -> pl.DataFrame:

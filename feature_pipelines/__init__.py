@@ -1,6 +1,11 @@
 """feature_pipelines: a feature store that lives inside Dagster.
 
-The public API: define entities, sources, features and services here; everything else is internal.
+The public API: define entities, sources, features and services; read them with `FeatureStore`; add
+them to a Dagster code location with `FeatureStoreComponent` (`dg`, `defs.yaml`) or `build_defs(...)`,
+the stores being Dagster resources. Everything else is internal.
+
+The Dagster-facing names are imported on first use, so training and serving code that only reads
+features does not pay for importing Dagster.
 """
 
 from feature_pipelines.errors import DataError, DefinitionError, FeaturePipelinesError, ProfileError, StoreError
@@ -20,10 +25,36 @@ from feature_pipelines.spec.validators import (
     not_null,
     unique,
 )
+from feature_pipelines.registry import Registry, load_registry
 from feature_pipelines.store import LocalStore
 from feature_pipelines.retrieval import FeatureStore  # noqa: E402  (after the spec: it reads features)
 
+_DAGSTER = {
+    "FeatureStoreComponent": "feature_pipelines.orchestration.component",
+    "build_defs": "feature_pipelines.orchestration",
+    "FeatureStoreIOManager": "feature_pipelines.orchestration.io_manager",
+    **{name: "feature_pipelines.orchestration.resources" for name in (
+        "OfflineStoreResource", "OnlineStoreResource", "LocalStoreResource", "S3StoreResource", "GCSStoreResource",
+        "UnityCatalogStoreResource", "SQLiteOnlineStoreResource", "RedisOnlineStoreResource", "DatabricksOnlineStoreResource")},
+}
+
+
+def __getattr__(name: str):
+    if name in _DAGSTER:
+        import importlib
+
+        value = getattr(importlib.import_module(_DAGSTER[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'feature_pipelines' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_DAGSTER))
+
+
 __all__ = [
+    *_DAGSTER,
     "AGGREGATIONS",
     "FEATURE_TIMESTAMP",
     "DataError",
@@ -36,6 +67,8 @@ __all__ = [
     "Latest",
     "LocalStore",
     "ProfileError",
+    "Registry",
+    "load_registry",
     "Rolling",
     "Source",
     "StoreError",

@@ -1,4 +1,10 @@
-"""The `feature-pipelines` command: list, inspect, build, publish, serve, demo and look after the store."""
+"""The `feature-pipelines` command: list, inspect, build, publish, serve and look after the store.
+
+It works on the project around the working directory (the nearest pyproject.toml with
+`[tool.feature_pipelines]`, as `dg` finds its project), or the one given by `--project-dir`; its
+features come from that table's `package`, or `--module`. `--profile`, `--module` and `--project-dir`
+go before or after the subcommand.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +14,29 @@ import os
 import sys
 import time
 import warnings
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import polars as pl
 
 from feature_pipelines.errors import FeaturePipelinesError
-from feature_pipelines.profiles import PROJECT_ROOT, load_profile
-from feature_pipelines.registry import Registry, load_registry
+from feature_pipelines.profiles import load_profile
+from feature_pipelines.project import PACKAGE_ENV, PROJECT_DIR_ENV, find_project
+from feature_pipelines.registry import Registry, project_registry
 
-DEMO_START, DEMO_DAYS = "2024-01-01", 90
+_INSTANCE_YAML = "storage:\n  sqlite:\n    base_dir:\n      env: DAGSTER_HOME\ntelemetry:\n  enabled: false\n"
 
 
 def _ensure_dagster_home() -> Path:
-    """A persistent Dagster instance, so the UI (`dagster dev`, same DAGSTER_HOME) sees CLI runs."""
-    home = Path(os.environ.get("DAGSTER_HOME") or PROJECT_ROOT / ".dagster_home").resolve()
+    """A persistent Dagster instance, so the UI (`dg dev`, same DAGSTER_HOME) sees CLI runs.
+
+    $DAGSTER_HOME, else `.dagster_home` in the project; a new one gets the project's dagster.yaml, if any.
+    """
+    root = find_project().root
+    home = Path(os.environ.get("DAGSTER_HOME") or root / ".dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists() and (PROJECT_ROOT / "dagster.yaml").exists():
-        config.write_text((PROJECT_ROOT / "dagster.yaml").read_text())
+    if not config.exists():
+        config.write_text((root / "dagster.yaml").read_text() if (root / "dagster.yaml").is_file() else _INSTANCE_YAML)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
@@ -56,7 +66,7 @@ def build(registry: Registry, names: list[str] | None, tags: list[str] | None, s
     """
     import dagster as dg
 
-    from feature_pipelines.orchestration import build_definitions
+    from feature_pipelines.orchestration import Names, build_defs
     from feature_pipelines.orchestration.assets import partitions_def
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -64,7 +74,7 @@ def build(registry: Registry, names: list[str] | None, tags: list[str] | None, s
     chosen = registry.select(names, tags)
     if not chosen:
         raise FeaturePipelinesError(f"no feature matches names={names} tags={tags}; features: {sorted(registry.features)}")
-    defs = build_definitions(registry, profile=profile or "")
+    defs = build_defs(registry, profile=profile, automation="none")
     store = load_profile(profile).offline_store()
     summary = []
     with dg.DagsterInstance.get() as instance:
@@ -87,7 +97,7 @@ def build(registry: Registry, names: list[str] | None, tags: list[str] | None, s
                 print(f" → {version} (up to date: same definition and source; --force rebuilds)")
                 summary.append({"feature": feature.name, "version": version, "partitions": len(keys), "run_id": None})
                 continue
-            result = defs.resolve_job_def(f"{feature.name}_job").execute_in_process(
+            result = defs.resolve_job_def(Names().job(feature.name)).execute_in_process(
                 instance=instance,
                 tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
                 # The CLI prints its own progress line; Dagster's per-event console log is in the UI.
@@ -113,7 +123,8 @@ def publish(registry: Registry, names: list[str] | None, tags: list[str] | None,
     from feature_pipelines.orchestration.publish import publish_partitions
 
     chosen = [f for f in registry.select(names, tags) if f.online or names]
-    store = load_profile(profile).offline_store()
+    active = load_profile(profile)
+    store = active.offline_store()
     for feature in chosen:
         if not feature.online:
             raise FeaturePipelinesError(f"feature {feature.name!r} is not served online (online=False in its definition)")
@@ -125,61 +136,25 @@ def publish(registry: Registry, names: list[str] | None, tags: list[str] | None,
         keys = [k for k in have if (start is None or k >= start) and (end is None or k <= end)]
         if not keys:
             raise FeaturePipelinesError(f"feature {feature.name!r} has no materialized partition in {start} … {end}; it has {have[0]} … {have[-1]}")
-        result = publish_partitions(feature, keys, None, profile)
+        result = publish_partitions(feature, keys, None, store, active.online)
         print(f"  {feature.name} {result.version}: {len(keys)} partition(s), {result.rows} entities → {result.written} written, "
               f"{result.skipped} not newer, to {result.store} in {result.seconds:.2f}s")
 
 
-def features_table(registry: Registry, profile: str | None) -> pl.DataFrame:
+def features_table(registry: Registry, tags: list[str] | None, profile: str | None) -> pl.DataFrame:
+    """One row per feature: its definition and what the offline store holds of it."""
     store = load_profile(profile).offline_store()
     rows = []
-    for name, feature in sorted(registry.features.items()):
-        manifest = store.latest(name)
+    for feature in registry.select(None, tags):
+        manifest = store.latest(feature.name)
         parts = sorted(manifest["partitions"]) if manifest else []
-        rows.append(
-            {
-                "feature": name,
-                "version": manifest["version"] if manifest else "-",
-                "partitions": len(parts),
-                "first": parts[0] if parts else "-",
-                "last": parts[-1] if parts else "-",
-                "rows": manifest["row_count"] if manifest else 0,
-                "columns": len(manifest["columns"]) if manifest else 0,
-            }
-        )
+        rows.append({
+            "feature": feature.name, "kind": feature.kind, "entities": ",".join(e.name for e in feature.entities),
+            "granularity": feature.granularity, "columns": len(feature.metric_columns), "online": feature.online,
+            "version": manifest["version"] if manifest else "-", "partitions": len(parts),
+            "first": parts[0] if parts else "-", "last": parts[-1] if parts else "-", "rows": manifest["row_count"] if manifest else 0,
+        })
     return pl.DataFrame(rows)
-
-
-def demo(registry: Registry, profile: str | None) -> None:
-    from feature_pipelines.retrieval import FeatureStore
-    from feature_pipelines.sample_data import data_dir, write_transactions
-
-    t0 = time.perf_counter()
-    path = data_dir() / "transactions.parquet"
-    if not path.exists():
-        print(f"generating example transactions → {path}")
-        write_transactions(path)
-    end = (datetime.fromisoformat(DEMO_START) + timedelta(days=DEMO_DAYS - 1)).date().isoformat()
-    print(f"backfilling every feature for {DEMO_DAYS} daily partitions ({DEMO_START} … {end}) into {load_profile(profile).offline_store().description}")
-    build(registry, None, None, DEMO_START, end, profile)
-    with pl.Config(tbl_rows=20, tbl_cols=12, tbl_width_chars=160, fmt_str_lengths=40):
-        print("\nFeatures in the offline store:")
-        print(features_table(registry, profile))
-        store = FeatureStore(profile, registry)
-        tx = pl.read_parquet(path, columns=["timestamp", "first_name", "last_name", "date_of_birth", "merchant_id", "status"])
-        labels = tx.filter(pl.col("timestamp") >= datetime(2024, 3, 1, tzinfo=timezone.utc)).head(5)
-        labels = labels.select("first_name", "last_name", "date_of_birth", "merchant_id", label_time="timestamp", is_fraud=pl.col("status") == "declined")
-        frame = store.get_training_data(["customer_spend:amount_sum_7d", "customer_spend:amount_count_30d", "customer_velocity", "merchant_spend:amount_mean_30d"], labels)
-        print("\nA point-in-time training frame (each label sees only features stamped at or before its time):")
-        print(frame.drop("first_name", "last_name", "date_of_birth"))
-        print(f"\npublishing the online features to {load_profile(profile).online_store().description}")
-        publish(registry, None, None, DEMO_START, end, profile)
-        online = store.get_online_features(["customer_spend:amount_sum_7d", "customer_velocity", "merchant_spend:amount_mean_30d"],
-                                           labels.select("first_name", "last_name", "date_of_birth", "merchant_id").head(3).to_dicts())
-        store.close()
-        print("\nAn online lookup (newest published values; what `feature-pipelines serve` returns):")
-        print(online.drop("first_name", "last_name", "date_of_birth"))
-    print(f"\ndemo finished in {time.perf_counter() - t0:.1f}s")
 
 
 def sync(registry: Registry, profile: str | None) -> None:
@@ -211,55 +186,75 @@ def sync(registry: Registry, profile: str | None) -> None:
             print(f"  {name} {version}: restored {fixed} of {len(missing)} missing file(s)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="feature-pipelines", description=__doc__)
-    parser.add_argument("--profile", help="env/<profile>.yaml to use (default $FEATURE_PIPELINES_PROFILE or dev)")
+def _parser() -> argparse.ArgumentParser:
+    # The project options are accepted before or after the subcommand: a parent parser adds them to every
+    # subparser with SUPPRESS defaults, so a value given in one place is not reset by the other.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--profile", default=argparse.SUPPRESS,
+                        help="profile to use: <profiles folder>/<name>.yaml or a .yaml path (default $FEATURE_PIPELINES_PROFILE or dev)")
+    common.add_argument("--module", default=argparse.SUPPRESS,
+                        help="package or module holding the features (default: [tool.feature_pipelines] package)")
+    common.add_argument("--project-dir", default=argparse.SUPPRESS,
+                        help="the project's folder (default: the nearest pyproject.toml above the working directory)")
+    parser = argparse.ArgumentParser(prog="feature-pipelines", description=__doc__, parents=[common],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_list = sub.add_parser("list", help="list features")
-    p_list.add_argument("--tags", action="append", help="only features with this tag (key or key=value)")
-    sub.add_parser("inspect", help="show a feature's definition and newest version").add_argument("feature")
-    sub.add_parser("versions", help="show a feature's versions").add_argument("feature")
-    p_build = sub.add_parser("build", help="materialize features through Dagster")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
+
+    command("list", "list the project's features").add_argument("--tags", action="append", help="only features with this tag (key or key=value)")
+    command("inspect", "show a feature's definition and newest version").add_argument("feature")
+    command("versions", "show a feature's versions").add_argument("feature")
+    p_build = command("build", "materialize features through Dagster")
     p_build.add_argument("--features", help="comma-separated feature names")
     p_build.add_argument("--tags", action="append")
     p_build.add_argument("--partition")
     p_build.add_argument("--start")
     p_build.add_argument("--end")
     p_build.add_argument("--force", action="store_true", help="rebuild even when the range is up to date")
-    p_pub = sub.add_parser("publish", help="push materialized partitions of online features to the online store")
+    p_pub = command("publish", "push materialized partitions of online features to the online store")
     p_pub.add_argument("--features", help="comma-separated feature names (default: every online feature)")
     p_pub.add_argument("--tags", action="append")
     p_pub.add_argument("--partition")
     p_pub.add_argument("--start")
     p_pub.add_argument("--end")
-    p_serve = sub.add_parser("serve", help="serve online features over HTTP (GET /health, GET /features, POST /online-features)")
+    p_serve = command("serve", "serve online features over HTTP (GET /health, GET /features, POST /online-features)")
     p_serve.add_argument("--host", default="127.0.0.1")
     p_serve.add_argument("--port", type=int, default=8080)
     p_serve.add_argument("--max-batch", type=int, default=1000, help="most entities per request")
-    sub.add_parser("profile", help="show the resolved profile (secrets masked)")
-    sub.add_parser("sync", help="rebuild data files missing on disk from committed metadata")
-    p_gen = sub.add_parser("generate", help="write the example transactions parquet")
-    p_gen.add_argument("--rows", type=int, default=200_000)
-    p_gen.add_argument("--days", type=int, default=120)
-    sub.add_parser("demo", help="generate data, backfill every example feature, print a training frame")
-    args = parser.parse_args(argv)
+    command("profile", "show the resolved profile (secrets masked)")
+    command("sync", "rebuild data files missing on disk from committed metadata")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # --project-dir and --module reach every part (profiles, registry, stores) through the environment, for this call only.
+    saved = {v: os.environ.get(v) for v in (PROJECT_DIR_ENV, PACKAGE_ENV)}
+    for option, variable in (("project_dir", PROJECT_DIR_ENV), ("module", PACKAGE_ENV)):
+        value = getattr(args, option, None)
+        if value:
+            os.environ[variable] = str(Path(value).resolve()) if option == "project_dir" else value
+    args.profile = getattr(args, "profile", None)
     try:
         return _run(args)
     except FeaturePipelinesError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        for variable, value in saved.items():
+            if value is None:
+                os.environ.pop(variable, None)
+            else:
+                os.environ[variable] = value
 
 
 def _run(args) -> int:
-    registry = load_registry()
+    registry = project_registry() if args.command in ("list", "inspect", "build", "publish", "serve", "sync") else None
     if args.command == "list":
-        rows = [
-            {"feature": f.name, "kind": f.kind, "entities": ",".join(e.name for e in f.entities), "granularity": f.granularity,
-             "columns": len(f.metric_columns), "online": f.online, "tags": ",".join(f"{k}={v}" for k, v in f.tags.items())}
-            for f in registry.select(None, args.tags)
-        ]
-        with pl.Config(tbl_rows=100, tbl_width_chars=160):
-            print(pl.DataFrame(rows))
+        with pl.Config(tbl_rows=100, tbl_cols=12, tbl_width_chars=160):
+            print(features_table(registry, args.tags, args.profile))
     elif args.command == "inspect":
         feature = registry.feature(args.feature)
         manifest = load_profile(args.profile).offline_store().latest(feature.name)
@@ -300,15 +295,10 @@ def _run(args) -> int:
             store.close()
     elif args.command == "profile":
         profile = load_profile(args.profile)
-        print(json.dumps({"profile": profile.name, "file": str(profile.path), "settings": profile.masked()}, indent=2))
+        print(json.dumps({"profile": profile.name, "file": str(profile.path) if profile.path else "built-in",
+                          "project": str(find_project().root), "settings": profile.masked()}, indent=2))
     elif args.command == "sync":
         sync(registry, args.profile)
-    elif args.command == "generate":
-        from feature_pipelines.sample_data import write_transactions
-
-        print(write_transactions(rows=args.rows, days=args.days))
-    elif args.command == "demo":
-        demo(registry, args.profile)
     return 0
 
 

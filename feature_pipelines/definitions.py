@@ -1,17 +1,13 @@
-"""The Dagster code location: `dagster dev -w workspace.yaml` and `dagster asset materialize -m feature_pipelines.definitions`.
+"""The Dagster code location of this repository: everything under `feature_pipelines/defs/`, loaded as `dg` does.
 
-Features found in `feature_pipelines.defs` are compiled to assets; plain Dagster assets defined
-there (such as `training_set`) are loaded as they are.
+`dg dev`, `dg launch --assets customer_spend --partition 2024-01-05` and `dg check defs` find it through
+`[tool.dg]` in pyproject.toml; `dagster dev -w workspace.yaml` and `dagster asset materialize -m
+feature_pipelines.definitions` load the same `defs`. The feature set itself is the `FeatureStoreComponent` in
+`defs/feature_store/defs.yaml`; plain Dagster assets in `defs/` (such as `training_set`) load as they are.
 """
+
+from pathlib import Path
 
 import dagster as dg
 
-import feature_pipelines.defs
-from feature_pipelines.orchestration import build_definitions
-from feature_pipelines.registry import load_registry
-
-registry = load_registry("feature_pipelines.defs")
-defs = dg.Definitions.merge(
-    build_definitions(registry),
-    dg.Definitions(assets=dg.load_assets_from_package_module(feature_pipelines.defs)),
-)
+defs = dg.load_from_defs_folder(path_within_project=Path(__file__).resolve().parent)

@@ -22,7 +22,7 @@ from feature_pipelines.errors import DataError, DefinitionError, FeaturePipeline
 from feature_pipelines.keys import with_surrogate_key
 from feature_pipelines.online.base import OnlineRead
 from feature_pipelines.profiles import load_profile
-from feature_pipelines.registry import Registry, load_registry
+from feature_pipelines.registry import Registry, project_registry
 from feature_pipelines.spec.feature import Feature, FeatureService
 from feature_pipelines.spec.granularity import epoch_us
 
@@ -39,12 +39,16 @@ class _Request:
 
 
 class FeatureStore:
-    """Reads features from the stores of a profile (default: $FEATURE_PIPELINES_PROFILE or 'dev')."""
+    """Reads features from the stores of a profile (default: $FEATURE_PIPELINES_PROFILE or 'dev').
+
+    The features are `registry`'s, else the project's: the package named in `[tool.feature_pipelines]`
+    of the nearest pyproject.toml above the working directory (see `feature_pipelines.project`).
+    """
 
     def __init__(self, profile: str | None = None, registry: Registry | None = None) -> None:
         self.profile = load_profile(profile)
         self.offline = self.profile.offline_store()
-        self.registry = registry or load_registry()
+        self.registry = registry or project_registry()
         self._online = None
         self._served: dict[str, tuple[float, int, list[str]]] = {}  # feature -> (checked at, major, stored columns)
         self._plans: dict[tuple, list[tuple[Feature, int, list[str], list[str]]]] = {}

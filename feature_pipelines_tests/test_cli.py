@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from feature_pipelines.cli import main
-from feature_pipelines.sample_data import write_transactions
+from feature_pipelines.defs.sample_data import write_transactions
 
 
 @pytest.fixture()

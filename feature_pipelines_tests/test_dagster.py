@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from feature_pipelines import Entity, Feature, Rolling, Source, greater_than_or_equal, not_null
-from feature_pipelines.orchestration import build_definitions
+from feature_pipelines.orchestration import build_defs
 from feature_pipelines.registry import Registry
 from feature_pipelines.store import LocalStore
 from feature_pipelines_tests.servers import free_port, wait_for
@@ -59,7 +59,7 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, first: str, last: s
 
 
 def test_range_run_writes_each_partition_with_its_own_metadata(project: Path) -> None:
-    defs = build_definitions(_registry(_events(project / "events.parquet")))
+    defs = build_defs(_registry(_events(project / "events.parquet")))
     with dg.DagsterInstance.get() as instance:
         result = _run(defs, instance, "2024-01-01", "2024-01-10")
         assert result.success
@@ -90,7 +90,7 @@ def test_range_run_writes_each_partition_with_its_own_metadata(project: Path) ->
 
 
 def test_asset_carries_spec_fields_and_blocking_checks(project: Path) -> None:
-    defs = build_definitions(_registry(_events(project / "events.parquet")))
+    defs = build_defs(_registry(_events(project / "events.parquet")))
     asset = defs.resolve_assets_def("spend")
     spec = asset.specs_by_key[dg.AssetKey("spend")]
     assert spec.owners == ["team:fraud"] and spec.tags["domain"] == "fraud"
@@ -103,7 +103,7 @@ def test_asset_carries_spec_fields_and_blocking_checks(project: Path) -> None:
 
 
 def test_failing_check_writes_nothing_and_names_the_rows(project: Path) -> None:
-    defs = build_definitions(_registry(_events(project / "events.parquet", bad_amount=True)))
+    defs = build_defs(_registry(_events(project / "events.parquet", bad_amount=True)))
     with dg.DagsterInstance.get() as instance:
         assert _run(defs, instance, "2024-01-01", "2024-01-03").success
         before = sorted((p.relative_to(project), p.read_bytes()) for p in (project / "store").rglob("*") if p.is_file())
@@ -121,7 +121,7 @@ def test_failing_check_writes_nothing_and_names_the_rows(project: Path) -> None:
 
 
 def test_partition_outside_the_definition_is_refused(project: Path) -> None:
-    defs = build_definitions(_registry(_events(project / "events.parquet")))
+    defs = build_defs(_registry(_events(project / "events.parquet")))
     with dg.DagsterInstance.get() as instance:
         result = _run(defs, instance, "2023-12-30", "2023-12-31")
     assert not result.success
@@ -135,7 +135,7 @@ def _cli(*args: str, env: dict) -> subprocess.CompletedProcess:
 
 def test_dagster_cli_materializes_the_example_features(project: Path) -> None:
     """`dagster asset materialize` as CI runs it, for one partition and for a range, on the example defs."""
-    from feature_pipelines.sample_data import write_transactions
+    from feature_pipelines.defs.sample_data import write_transactions
 
     data = project / "data"
     write_transactions(data / "transactions.parquet", rows=20_000, customers=200, days=40)
@@ -194,7 +194,7 @@ def test_webserver_shows_every_feature_with_partitions_metadata_and_checks(proje
         proc.terminate()
         proc.wait(timeout=30)
     nodes = {n["assetKey"]["path"][-1]: n for n in body["data"]["assetNodes"]}
-    registry = load_registry()
+    registry = load_registry("feature_pipelines.defs")
     assert set(nodes) == {*registry.features, "training_set"}
     for name, feature in registry.features.items():
         node = nodes[name]
@@ -213,7 +213,7 @@ def test_training_set_asset_reads_features_point_in_time(project: Path, monkeypa
     from feature_pipelines.defs.training import PII, fraud_labels
     from feature_pipelines.registry import load_registry
     from feature_pipelines.retrieval import FeatureStore
-    from feature_pipelines.sample_data import write_transactions
+    from feature_pipelines.defs.sample_data import write_transactions
 
     data = project / "data"
     write_transactions(data / "transactions.parquet", rows=20_000, customers=200, days=30)
@@ -229,7 +229,7 @@ def test_training_set_asset_reads_features_point_in_time(project: Path, monkeypa
         loaded = defs.load_asset_value("training_set", partition_key="2024-01-20", instance=instance)
     monkeypatch.setenv("FEATURE_PIPELINES_DATA_DIR", str(data))
     labels = fraud_labels(datetime(2024, 1, 20, tzinfo=timezone.utc))
-    expected = FeatureStore(registry=load_registry()).get_training_data(["fraud_model"], labels).drop(PII)
+    expected = FeatureStore(registry=load_registry("feature_pipelines.defs")).get_training_data(["fraud_model"], labels).drop(PII)
     assert loaded.height == labels.height > 0
     assert loaded.equals(expected)
     # Labels of the 20th see the features stamped at the end of the 19th (and nothing later).

@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 import sqlalchemy as sa
 
-from feature_pipelines.orchestration import build_definitions
+from feature_pipelines.orchestration import build_defs
 from feature_pipelines.orchestration.publish import SENSOR
 from feature_pipelines.registry import Registry
 from feature_pipelines_tests.postgres_server import postgres_server
@@ -28,7 +28,7 @@ def test_feature_runs_and_sensor_on_a_postgres_instance(project: Path, monkeypat
         spend = dataclasses.replace(_registry(_events(project / "events.parquet")).feature("spend"), online=True)
         registry = Registry()
         registry.add(spend)
-        defs = build_definitions(registry)
+        defs = build_defs(registry)
         with dg.DagsterInstance.get() as instance:
             assert type(instance.run_storage).__name__ == "PostgresRunStorage"
             result = defs.resolve_job_def("spend_job").execute_in_process(

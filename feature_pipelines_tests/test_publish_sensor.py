@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from feature_pipelines import Entity, Feature, FeatureStore, Rolling, Source, greater_than_or_equal
-from feature_pipelines.orchestration import build_definitions
+from feature_pipelines.orchestration import build_defs
 from feature_pipelines.orchestration.publish import PUBLISH_JOB, SENSOR
 from feature_pipelines.registry import Registry
 from feature_pipelines.store import LocalStore
@@ -41,7 +41,7 @@ def _setup(project: Path, url: str) -> tuple[dg.Definitions, Registry]:
     registry.add(Feature(name="spend", entities=[Entity("customer", join_key="customer_id")], source=Source(str(source), timestamp="ts"),
                          start="2024-01-01", metrics=[Rolling(["1d", "3d"], {"amount": ["sum", "count"]})],
                          validators={"amount": [greater_than_or_equal(0)]}, online=True, ttl="30d"))
-    return build_definitions(registry), registry
+    return build_defs(registry), registry
 
 
 def _materialize(defs: dg.Definitions, instance, first: str, last: str):
@@ -141,7 +141,7 @@ def test_publish_run_records_what_it_did(project: Path, kind: str) -> None:
     registry = Registry()
     registry.add(Feature(name="spend", entities=[Entity("customer", join_key="customer_id")], source=Source(str(source), timestamp="ts"),
                          start="2024-01-01", metrics=[Rolling(["1d"], {"amount": ["sum"]})], online=True))
-    defs = build_definitions(registry)
+    defs = build_defs(registry)
     with dg.DagsterInstance.get() as instance:
         assert _materialize(defs, instance, "2024-01-01", "2024-01-02").success
         result = _tick(defs, instance, None)
@@ -165,7 +165,7 @@ def test_dagster_dev_publishes_new_partitions_without_a_click(project: Path) -> 
     import urllib.request
 
     from feature_pipelines.registry import load_registry
-    from feature_pipelines.sample_data import write_transactions
+    from feature_pipelines.defs.sample_data import write_transactions
     from feature_pipelines_tests.servers import free_port
 
     root = Path(__file__).resolve().parent.parent
@@ -207,7 +207,7 @@ def test_dagster_dev_publishes_new_partitions_without_a_click(project: Path) -> 
             os.killpg(dev.pid, signal.SIGKILL)  # code servers may outlive `dagster dev` itself
         except ProcessLookupError:
             pass
-    store = FeatureStore(registry=load_registry())
+    store = FeatureStore(registry=load_registry("feature_pipelines.defs"))
     offline = store.offline.read("customer_velocity").sort("feature_timestamp").group_by("customer_id").last()
     got = store.get_online_features(["customer_velocity"], offline.select("customer_id"))
     store.close()

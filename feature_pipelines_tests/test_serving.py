@@ -20,6 +20,7 @@ from feature_pipelines import Entity, Feature, FeatureService, FeatureStore, Rol
 from feature_pipelines.errors import DefinitionError
 from feature_pipelines.keys import with_surrogate_key
 from feature_pipelines.orchestration.publish import publish_partitions
+from feature_pipelines.profiles import load_profile
 from feature_pipelines.registry import Registry
 from feature_pipelines.store import LocalStore
 from feature_pipelines_tests.servers import free_port, wait_for
@@ -67,10 +68,11 @@ def published(project: Path):
     people = with_surrogate_key(pl.DataFrame({"name": ["Ada", "Alan"], "born": [datetime(1815, 12, 10).date(), datetime(1912, 6, 23).date()]}),
                                 "person_id", ["name", "born"])
     _write(store, visits, 0, people.select("person_id", n_count_1d=pl.Series([3, 5])))
+    active = load_profile()
     for day in (2, 0, 1):  # out of order: the older partitions must not overwrite newer values
-        result = publish_partitions(spend, [_day(day).date().isoformat()])
+        result = publish_partitions(spend, [_day(day).date().isoformat()], None, active.offline_store(), active.online)
         assert result.rows == frames[day].height
-    publish_partitions(visits, None)
+    publish_partitions(visits, None, None, active.offline_store(), active.online)
     return registry, frames
 
 
@@ -124,7 +126,7 @@ def _request(port: int, method: str, path: str, body: bytes | None = None) -> tu
 
 def test_http_endpoint_of_feature_pipelines_serve(project: Path) -> None:
     """`feature-pipelines serve` as a real process on the example features, built and published by the CLI."""
-    from feature_pipelines.sample_data import write_transactions
+    from feature_pipelines.defs.sample_data import write_transactions
 
     data = project / "data"
     write_transactions(data / "transactions.parquet", rows=5_000, customers=50, days=10)
@@ -186,7 +188,7 @@ def test_staging_profile_runs_on_s3_and_redis(project: Path, monkeypatch) -> Non
 
     from feature_pipelines.profiles import load_profile
     from feature_pipelines.registry import load_registry
-    from feature_pipelines.sample_data import write_transactions
+    from feature_pipelines.defs.sample_data import write_transactions
     from feature_pipelines.store import S3Store
     from feature_pipelines_tests.servers import moto_server, redis_server
 
@@ -202,7 +204,9 @@ def test_staging_profile_runs_on_s3_and_redis(project: Path, monkeypatch) -> Non
         env = {**os.environ, "FEATURE_PIPELINES_DATA_DIR": str(data)}
         cli = [sys.executable, "-m", "feature_pipelines.cli", "--profile", "staging"]
         shown = subprocess.run([*cli, "profile"], cwd=ROOT, env={**env, "REDIS_PASSWORD": "s3cret-pw"}, capture_output=True, text=True, timeout=120)
-        assert shown.returncode == 0 and "s3cret-pw" not in shown.stdout and "****" in shown.stdout, shown.stdout + shown.stderr
+        # The password is shown by its variable's name, never by value.
+        assert shown.returncode == 0 and "s3cret-pw" not in shown.stdout, shown.stdout + shown.stderr
+        assert json.loads(shown.stdout)["settings"]["online_store"]["password"] == "${REDIS_PASSWORD}"
         built = subprocess.run([*cli, "build", "--features", "customer_velocity", "--start", "2024-01-01", "--end", "2024-01-04"],
                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert built.returncode == 0 and "1.0.0 (initial)" in built.stdout, built.stdout + built.stderr[-3000:]
@@ -211,7 +215,7 @@ def test_staging_profile_runs_on_s3_and_redis(project: Path, monkeypatch) -> Non
         assert any(o["Key"].endswith("customer_velocity/_latest.json") for o in listed)
         pub = subprocess.run([*cli, "publish", "--features", "customer_velocity"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert pub.returncode == 0 and "redis://127.0.0.1" in pub.stdout, pub.stdout + pub.stderr[-3000:]
-        store = FeatureStore("staging", load_registry())
+        store = FeatureStore("staging", load_registry("feature_pipelines.defs"))
         offline = store.offline.read("customer_velocity").sort("feature_timestamp").group_by("customer_id").last()
         assert offline.height > 0
         got = store.get_online_features(["customer_velocity"], offline.select("customer_id"))

@@ -18,7 +18,7 @@ from polars.testing import assert_frame_equal
 
 from feature_pipelines import FeatureStore
 from feature_pipelines.engine import PolarsEngine
-from feature_pipelines.orchestration import build_definitions
+from feature_pipelines.orchestration import build_defs
 from feature_pipelines_tests.servers import fake_gcs_server, moto_server
 from feature_pipelines_tests.test_dagster import _events, _registry
 
@@ -74,7 +74,7 @@ def test_same_run_on_every_store(kind: str, project: Path, monkeypatch) -> None:
     })
     with _store_profile(kind, project, monkeypatch) as offline:
         (project / "env" / "e2e.yaml").write_text("offline_store:\n" + offline)
-        defs = build_definitions(registry, profile="e2e")
+        defs = build_defs(registry, profile="e2e")
         with dg.DagsterInstance.get() as instance:
             run = defs.resolve_job_def("spend_job").execute_in_process(
                 instance=instance, tags={"dagster/asset_partition_range_start": KEYS[0], "dagster/asset_partition_range_end": KEYS[-1]})
@@ -120,9 +120,9 @@ def test_shipped_profiles_build_their_stores(name: str, offline: str, online: st
         monkeypatch.setenv(var, value)
     profile = load_profile(name)
     if offline in ("S3Store", "GCSStore"):
-        assert profile.settings["offline_store"]["kind"] == {"S3Store": "s3", "GCSStore": "gcs"}[offline]
-        assert profile.settings["offline_store"]["bucket"] == "my-features"
+        assert profile.offline.kind == {"S3Store": "s3", "GCSStore": "gcs"}[offline]
+        assert profile.offline.value("bucket") == "my-features"
     else:
         assert type(profile.offline_store()).__name__ == offline
     assert type(profile.online_store()).__name__ == online
-    assert "pw-not-shown" not in str(profile.masked())
+    assert "pw-not-shown" not in str(profile.masked()) + repr(profile) + repr(profile.online)

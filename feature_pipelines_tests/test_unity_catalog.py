@@ -540,16 +540,9 @@ def test_dagster_io_manager_ranged_backfill_and_load(uc, schema, monkeypatch):
     import dagster as dg
 
     from feature_pipelines.orchestration.io_manager import FeatureStoreIOManager
+    from feature_pipelines.orchestration.resources import UnityCatalogStoreResource
 
     monkeypatch.setenv("DATABRICKS_TOKEN", TOKEN)
-
-    class UnityIOManager(FeatureStoreIOManager):
-        uc_catalog: str
-        uc_schema: str
-        uc_host: str
-
-        def store(self):
-            return UnityCatalogStore(self.uc_catalog, self.uc_schema, host=self.uc_host)
 
     daily = dg.DailyPartitionsDefinition(start_date="2024-01-01")
 
@@ -558,7 +551,7 @@ def test_dagster_io_manager_ranged_backfill_and_load(uc, schema, monkeypatch):
     def spend(context):
         return {k: make_frame(k, seed=int(k[-2:])) for k in context.partition_keys}
 
-    manager = UnityIOManager(uc_catalog="main", uc_schema=schema, uc_host=uc.url)
+    manager = FeatureStoreIOManager(offline_store=UnityCatalogStoreResource(catalog="main", schema_name=schema, host=uc.url))
     result = dg.materialize([spend], resources={"io_manager": manager},
                             tags={"dagster/asset_partition_range_start": "2024-01-01", "dagster/asset_partition_range_end": "2024-01-05"})
     assert result.success
@@ -567,6 +560,7 @@ def test_dagster_io_manager_ranged_backfill_and_load(uc, schema, monkeypatch):
     assert {m.metadata["version"].value for m in mats} == {"1.0.0"}
     assert all(TOKEN not in str(m.metadata) for m in mats)
     store = manager.store()
+    assert isinstance(store, UnityCatalogStore)
     assert len([h for h in history(uc, store) if MANIFEST_KEY in h]) == 1  # the whole range: one Delta commit
     defs = dg.Definitions(assets=[spend], resources={"io_manager": manager})
     assert_frame_equal(defs.load_asset_value(FEATURE, partition_key="2024-01-03"), make_frame("2024-01-03", seed=3))

@@ -14,7 +14,7 @@ import polars as pl
 
 from feature_pipelines.defs.fraud import fraud_model
 from feature_pipelines.retrieval import FeatureStore
-from feature_pipelines.sample_data import data_dir
+from feature_pipelines.defs.sample_data import data_dir
 
 PII = ["first_name", "last_name", "date_of_birth"]
 

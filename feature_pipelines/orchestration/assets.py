@@ -9,6 +9,7 @@ import polars as pl
 
 from feature_pipelines.engine import Engine, PolarsEngine
 from feature_pipelines.engine.source_reader import TS, read_events
+from feature_pipelines.orchestration.names import Names
 from feature_pipelines.spec.durations import duration_label, parse_duration
 from feature_pipelines.spec.feature import FEATURE_TIMESTAMP, Feature
 from feature_pipelines.spec.validators import Validator
@@ -108,14 +109,15 @@ def lineage_fingerprint(feature: Feature, engine: Engine) -> str | None:
     return f"{source}:{engine.name}:{version}"
 
 
-def build_feature_asset(feature: Feature, engine: Engine | None = None, io_manager_key: str = "feature_store") -> dg.AssetsDefinition:
+def build_feature_asset(feature: Feature, engine: Engine | None = None, names: Names = Names(), group: str | None = None,
+                        automation_condition: dg.AutomationCondition | None = None) -> dg.AssetsDefinition:
     """One time-partitioned asset per feature: code_version = config hash, validators as blocking checks.
 
     Validators run before the output is handed to the IO manager: a failing partition raises and is
     never written, so the offline store (and the online store fed from it) only holds checked data.
     """
     engine = engine or PolarsEngine()
-    key = dg.AssetKey(feature.name)
+    key = names.asset_key(feature.name)
     specs = [
         dg.AssetCheckSpec(name=name, asset=key, blocking=True, description=f"{column} {v.description}")
         for name, column, v in checks_of(feature)
@@ -135,18 +137,19 @@ def build_feature_asset(feature: Feature, engine: Engine | None = None, io_manag
     }
 
     @dg.asset(
-        name=feature.name,
+        key=key,
         partitions_def=partitions_def(feature),
         backfill_policy=dg.BackfillPolicy.single_run(),
         code_version=feature.config_hash,
         description=feature.description or None,
-        group_name=feature.group,
+        group_name=group or feature.group,
         kinds={"polars", "parquet"},
         tags=dict(feature.tags),
         owners=[feature.owner] if feature.owner else None,
         metadata=metadata,
         check_specs=specs or None,
-        io_manager_key=io_manager_key,
+        io_manager_key=names.io_manager,
+        automation_condition=automation_condition,
     )
     def _asset(context):  # AssetExecutionContext (string annotations are not accepted here)
         partition_keys = list(context.partition_keys)
@@ -169,9 +172,9 @@ def build_feature_asset(feature: Feature, engine: Engine | None = None, io_manag
     return _asset
 
 
-def build_job_and_schedule(feature: Feature) -> tuple[dg.UnresolvedAssetJobDefinition, dg.ScheduleDefinition]:
+def build_job_and_schedule(feature: Feature, names: Names = Names()) -> tuple[dg.UnresolvedAssetJobDefinition, dg.ScheduleDefinition]:
     """A partitioned job per feature and a schedule that materializes each new partition after it closes."""
-    job = dg.define_asset_job(f"{feature.name}_job", selection=dg.AssetSelection.assets(feature.name))
+    job = dg.define_asset_job(names.job(feature.name), selection=dg.AssetSelection.assets(names.asset_key(feature.name)))
     minute = 5 if feature.granularity == "hourly" else 0
     hour = None if feature.granularity == "hourly" else 1
     kwargs = {"minute_of_hour": minute} if hour is None else {"minute_of_hour": minute, "hour_of_day": hour}

@@ -12,7 +12,7 @@ import dagster as dg
 import polars as pl
 
 from feature_pipelines.errors import StoreError
-from feature_pipelines.profiles import load_profile
+from feature_pipelines.orchestration.resources import OfflineStoreResource
 from feature_pipelines.store.versioned import CommitResult, VersionedStore
 
 
@@ -38,17 +38,22 @@ def commit_metadata(result: CommitResult, frame: pl.DataFrame, store: VersionedS
 
 
 class FeatureStoreIOManager(dg.ConfigurableIOManager):
-    """Reads and writes feature partitions in the offline store chosen by `profile` ('' = the active one)."""
+    """Reads and writes feature partitions in the offline store of its `offline_store` resource (built once)."""
 
-    profile: str = ""
+    offline_store: OfflineStoreResource
 
     def store(self) -> VersionedStore:
-        return load_profile(self.profile or None).offline_store()
+        return self.offline_store.store()
+
+    @staticmethod
+    def _feature(context: dg.InputContext | dg.OutputContext) -> str:
+        """The feature's name in the store: the asset key's last part (a prefix is the key's first parts)."""
+        return context.asset_key.path[-1]
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         if obj is None:
             return
-        feature = context.asset_key.path[-1]
+        feature = self._feature(context)
         meta = context.definition_metadata or {}
         keys = list(meta.get("feature_pipelines/keys") or [])
         timestamp = meta.get("feature_pipelines/timestamp", "feature_timestamp")
@@ -82,7 +87,7 @@ class FeatureStoreIOManager(dg.ConfigurableIOManager):
 
         Input metadata may pin `version` ('1.2.0') and select `columns`.
         """
-        feature = context.asset_key.path[-1]
+        feature = self._feature(context)
         meta = context.definition_metadata or {}
         store = self.store()
         manifest = store.manifest(feature, meta.get("version"))

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import dagster as dg
 
 from feature_pipelines.errors import FeaturePipelinesError
-from feature_pipelines.profiles import load_profile
+from feature_pipelines.orchestration.names import Names
 from feature_pipelines.registry import Registry
 from feature_pipelines.spec.feature import FEATURE_TIMESTAMP, Feature
 
-PUBLISH_JOB = "publish_online"
-SENSOR = "online_publish_sensor"
+PUBLISH_JOB = Names().publish_job
+SENSOR = Names().sensor
 PAGE = 200  # materializations listed per feature per tick; the rest wait for the next tick
 
 
@@ -40,12 +40,10 @@ class PublishResult:
     seconds: float
 
 
-def publish_partitions(feature: Feature, partitions: list[str] | None, version: str | None = None,
-                       profile: str | None = None) -> PublishResult:
-    """Write the newest row per entity of stored partitions (None = all) to the profile's online store, newer-wins."""
+def publish_partitions(feature: Feature, partitions: list[str] | None, version: str | None, offline, online_resource) -> PublishResult:
+    """Write the newest row per entity of stored partitions (None = all) of `offline` (a VersionedStore) to the
+    online store of `online_resource` (an OnlineStoreResource), newer-wins."""
     t0 = time.perf_counter()
-    prof = load_profile(profile)
-    offline = prof.offline_store()
     manifest = offline.manifest(feature.name, version)
     keys, ts = list(manifest["keys"]), manifest["timestamp_column"]
     partitions = sorted(manifest["partitions"]) if partitions is None else partitions
@@ -56,7 +54,7 @@ def publish_partitions(feature: Feature, partitions: list[str] | None, version: 
         frame = frame.rename({ts: FEATURE_TIMESTAMP})
     major = int(manifest["version"].split(".")[0])
     ttl = feature.ttl_us / 1e6 if feature.ttl_us else None
-    online = prof.online_store()
+    online = online_resource.open()
     try:
         result = online.write(feature.name, major, keys, frame, timestamp=FEATURE_TIMESTAMP, ttl_seconds=ttl)
     finally:
@@ -72,14 +70,16 @@ class PublishConfig(dg.Config):
     storage_id: int = 0  # the materialization that triggered this run (0 = by hand)
 
 
-def build_publish_job(registry: Registry, profile: str = "") -> dg.JobDefinition:
+def build_publish_job(registry: Registry, names: Names) -> dg.JobDefinition:
     """A job with one op that publishes one partition of one feature (config: feature, partition, version)."""
 
-    @dg.op(name="publish_partition", tags={"kind": "online"})
+    @dg.op(name="publish_partition", tags={"kind": "online"}, required_resource_keys={names.offline_store, names.online_store})
     def _publish(context: dg.OpExecutionContext, config: PublishConfig) -> dg.Output[None]:
         feature = registry.feature(config.feature)
+        offline = getattr(context.resources, names.offline_store).store()
+        online = getattr(context.resources, names.online_store)
         try:
-            result = publish_partitions(feature, [config.partition], config.version or None, profile or None)
+            result = publish_partitions(feature, [config.partition], config.version or None, offline, online)
         except FeaturePipelinesError as err:
             raise dg.Failure(description=f"publishing {config.feature} {config.partition} failed: {err}") from err
         metadata = {
@@ -95,10 +95,10 @@ def build_publish_job(registry: Registry, profile: str = "") -> dg.JobDefinition
         }
         context.log.info(f"{result.feature} {config.partition} v{result.version}: {result.written} written, {result.skipped} skipped as not newer")
         # Shown on the feature's own page in the UI, next to its materializations.
-        context.log_event(dg.AssetObservation(asset_key=dg.AssetKey(result.feature), partition=config.partition, metadata=metadata))
+        context.log_event(dg.AssetObservation(asset_key=names.asset_key(result.feature), partition=config.partition, metadata=metadata))
         return dg.Output(None, metadata=metadata)
 
-    @dg.job(name=PUBLISH_JOB, description="Publish one materialized feature partition to the online store (newer-wins).",
+    @dg.job(name=names.publish_job, description="Publish one materialized feature partition to the online store (newer-wins).",
             tags={"feature_pipelines/kind": "publish"})
     def _job():
         _publish()
@@ -106,11 +106,11 @@ def build_publish_job(registry: Registry, profile: str = "") -> dg.JobDefinition
     return _job
 
 
-def build_publish_sensor(registry: Registry, job: dg.JobDefinition) -> dg.SensorDefinition:
+def build_publish_sensor(registry: Registry, job: dg.JobDefinition, names: Names) -> dg.SensorDefinition:
     """On by default: every new materialization of an online feature becomes one publish run."""
     online = sorted(name for name, f in registry.features.items() if f.online)
 
-    @dg.sensor(name=SENSOR, job=job, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=15,
+    @dg.sensor(name=names.sensor, job=job, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=15,
                description=f"Publishes each new partition of {', '.join(online) or 'no feature'} to the online store.")
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         cursor = json.loads(context.cursor) if context.cursor else {}
@@ -118,7 +118,7 @@ def build_publish_sensor(registry: Registry, job: dg.JobDefinition) -> dg.Sensor
         for name in online:
             after = cursor.get(name)
             records = context.instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey(name), after_storage_id=after), limit=PAGE, ascending=True
+                dg.AssetRecordsFilter(asset_key=names.asset_key(name), after_storage_id=after), limit=PAGE, ascending=True
             ).records
             for record in records:
                 if record.partition_key is None:

@@ -24,7 +24,7 @@ class Source:
     path: str
     timestamp: str = "timestamp"
     format: str | None = None  # inferred from the path's suffix when not given
-    base: str | None = None  # folder a relative `path` is resolved against; not part of the definition's identity
+    base: str | None = None  # folder a relative `path` is resolved against (relative: under the project root); not part of the identity
 
     def __post_init__(self) -> None:
         fmt = self.format or _infer_format(self.location)
@@ -36,10 +36,22 @@ class Source:
 
     @property
     def location(self) -> str:
-        """The path to read: `path` itself, or `path` under `base` when it is relative."""
-        if self.base is None or "://" in self.path or Path(self.path).is_absolute():
-            return self.path
-        return str(Path(self.base) / self.path)
+        """The path to read: `path`, under `base` when relative, under the project root when still relative.
+
+        `${VAR}` / `${VAR:-default}` in `path` and `base` come from the environment when the source is read,
+        so `base="${DATA_DIR:-data}"` lets each machine say where the files are.
+        """
+        from feature_pipelines.project import expand, project_root
+
+        path = expand(self.path, f"source {self.path!r}")
+        if "://" in path or Path(path).is_absolute():
+            return path
+        if self.base is not None:
+            base = expand(self.base, f"source {self.path!r} base")
+            path = f"{base.rstrip('/')}/{path}" if "://" in base else str(Path(base) / path)
+            if "://" in path or Path(path).is_absolute():
+                return path
+        return str(project_root() / path)
 
     def fingerprint(self) -> str | None:
         """A digest of the source's current content (local files and Delta tables), None when unknown.

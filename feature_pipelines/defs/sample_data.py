@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from feature_pipelines.profiles import PROJECT_ROOT
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # this repository: the example's data lives in its ./data
 
 FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Margaret", "Dennis", "Radia", "John"]
 LAST = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson", "Hamilton", "Ritchie", "Perlman", "Backus"]
@@ -52,9 +52,20 @@ def transactions(rows: int = 200_000, customers: int = 2_000, merchants: int = 3
 
 def write_transactions(path: Path | None = None, **kwargs) -> Path:
     """Write the example transactions parquet (atomically) and return its path."""
-    path = path or data_dir() / "transactions.parquet"
+    path = Path(path) if path else data_dir() / "transactions.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".parquet.tmp")
     transactions(**kwargs).write_parquet(tmp, compression="zstd", row_group_size=64_000)
     os.replace(tmp, path)
     return path
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write the example transactions parquet (default ./data/transactions.parquet).")
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--days", type=int, default=120)
+    parser.add_argument("--path", type=Path, default=None)
+    args = parser.parse_args()
+    print(write_transactions(args.path, rows=args.rows, days=args.days))
