@@ -157,7 +157,7 @@ def test_publish_run_records_what_it_did(project: Path, kind: str) -> None:
 
 
 def test_dagster_dev_publishes_new_partitions_without_a_click(project: Path) -> None:
-    """`dagster dev` as a user runs it: the daemon ticks the (default-on) sensor and launches the publish runs."""
+    """`dg dev` as a user runs it (`make dev`): the daemon ticks the (default-on) sensor and launches the publish runs."""
     import os
     import signal
     import subprocess
@@ -173,12 +173,12 @@ def test_dagster_dev_publishes_new_partitions_without_a_click(project: Path) -> 
     write_transactions(data / "transactions.parquet", rows=3_000, customers=40, days=6)
     env = {**os.environ, "FEATURE_PIPELINES_DATA_DIR": str(data)}
     port = free_port()
-    dev = subprocess.Popen([str(Path(sys.executable).with_name("dagster")), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+    dev = subprocess.Popen([str(Path(sys.executable).with_name("dg")), "dev", "--host", "127.0.0.1", "--port", str(port)],
                            cwd=root, env=env, stdout=(project / "dev.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         log = lambda: (project / "dev.log").read_text()[-3000:]  # noqa: E731
         wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5).read(),
-                 what="dagster dev serving", timeout=120, alive=lambda: dev.poll() is None, detail=log, interval=0.5)
+                 what="dg dev serving", timeout=120, alive=lambda: dev.poll() is None, detail=log, interval=0.5)
         built = subprocess.run([sys.executable, "-m", "feature_pipelines.cli", "build", "--features", "customer_velocity",
                                 "--start", "2024-01-01", "--end", "2024-01-03"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
         assert built.returncode == 0, built.stdout + built.stderr[-3000:]
@@ -193,7 +193,7 @@ def test_dagster_dev_publishes_new_partitions_without_a_click(project: Path) -> 
         assert all(r.is_success for r in runs)
         assert sorted(r.tags["feature_pipelines/partition"] for r in runs) == ["2024-01-01", "2024-01-02", "2024-01-03"]
     finally:
-        # dagster dev runs a webserver, a daemon and code servers: stop the whole session we started.
+        # dg dev runs a webserver, a daemon and code servers: stop the whole session we started.
         for sig, wait in ((signal.SIGINT, 20), (signal.SIGKILL, 10)):
             try:
                 os.killpg(dev.pid, sig)
@@ -204,7 +204,7 @@ def test_dagster_dev_publishes_new_partitions_without_a_click(project: Path) -> 
             except subprocess.TimeoutExpired:
                 pass
         try:
-            os.killpg(dev.pid, signal.SIGKILL)  # code servers may outlive `dagster dev` itself
+            os.killpg(dev.pid, signal.SIGKILL)  # code servers may outlive `dg dev` itself
         except ProcessLookupError:
             pass
     store = FeatureStore(registry=load_registry("feature_pipelines.defs"))

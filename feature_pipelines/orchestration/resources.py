@@ -251,6 +251,10 @@ def resource_from_settings(settings: dict | None, role: str, where: str, root: P
         if name == "path" and not isinstance(value, dg.EnvVar) and root is not None:
             value = str(Path(root) / value) if not Path(str(value)).expanduser().is_absolute() else str(value)
         values[name] = value
+    missing = [name for name in cls.required if name not in values]
+    if missing:
+        raise ProfileError(f"{where}: {role} kind {kind!r} needs `{missing[0]}`, which is not set "
+                           f"(e.g. `{missing[0]}: my-{missing[0].replace('_', '-')}`)")
     if "path" in fields and "path" not in values and root is not None:
         values["path"] = str(Path(root) / fields["path"].default)
     try:
