@@ -81,10 +81,10 @@ def test_sensor_publishes_every_partition_newer_wins(project: Path) -> None:
         with dg.DagsterInstance.get() as instance:
             assert _materialize(defs, instance, "2024-01-01", "2024-01-05").success
             first = _tick(defs, instance, None)
-            # One request per materialized partition, even though all five landed between two ticks.
-            assert sorted(r.run_config["ops"]["publish_partition"]["config"]["partition"] for r in first.run_requests) == [
-                f"2024-01-0{d}" for d in range(1, 6)]
-            assert len({r.run_key for r in first.run_requests}) == 5
+            # One request for the feature covering every partition that landed since the last tick.
+            assert len(first.run_requests) == 1
+            config = first.run_requests[0].run_config["ops"]["publish_partitions"]["config"]
+            assert config["partitions"] == [f"2024-01-0{d}" for d in range(1, 6)] and config["versions"] == ["1.0.0"] * 5
             for request in first.run_requests:
                 assert _publish(defs, instance, request).success
             got, want = _online(registry, ids), _newest_offline(project, ids)
@@ -96,7 +96,8 @@ def test_sensor_publishes_every_partition_newer_wins(project: Path) -> None:
             assert _tick(defs, instance, first.cursor).run_requests == []
 
             # Re-publishing an older partition afterwards changes nothing: fresher values stay.
-            old = next(r for r in first.run_requests if r.run_config["ops"]["publish_partition"]["config"]["partition"] == "2024-01-02")
+            old = dg.RunRequest(run_config={"ops": {"publish_partitions": {"config": {"feature": "spend", "partitions": ["2024-01-02"],
+                                                                                      "versions": ["1.0.0"]}}}})
             rerun = _publish(defs, instance, old)
             assert rerun.success
             observed = instance.fetch_observations(dg.AssetKey("spend"), limit=10).records[0].event_log_entry.asset_observation.metadata
@@ -113,12 +114,13 @@ def test_sensor_publishes_every_partition_newer_wins(project: Path) -> None:
             _events(project / "events.parquet")
             assert _materialize(defs, instance, "2024-01-06", "2024-01-07").success
             third = _tick(defs, instance, second.cursor)
-            assert len(third.run_requests) == 2
+            assert len(third.run_requests) == 1
+            assert third.run_requests[0].run_config["ops"]["publish_partitions"]["config"]["partitions"] == ["2024-01-06", "2024-01-07"]
             port = redis.port
             redis.stop()
             failed = _publish(defs, instance, third.run_requests[0])
             assert not failed.success
-            failure = failed.failure_data_for_node("publish_partition")
+            failure = failed.failure_data_for_node("publish_partitions")
             message = failure.user_failure_data.description if failure.user_failure_data else failure.error.message
             assert f"127.0.0.1:{port}" in message and "spend" in message, message
             # The same server comes back (its append-only file kept): a retry publishes, nothing earlier is lost.
@@ -162,6 +164,7 @@ def test_dagster_dev_publishes_new_partitions_without_a_click(project: Path) -> 
     import signal
     import subprocess
     import sys
+    import time
     import urllib.request
 
     from feature_pipelines.registry import load_registry
@@ -186,12 +189,17 @@ def test_dagster_dev_publishes_new_partitions_without_a_click(project: Path) -> 
         def finished_publish_runs():
             with dg.DagsterInstance.get() as instance:
                 runs = instance.get_runs(dg.RunsFilter(job_name=PUBLISH_JOB))
-            return runs if len(runs) == 3 and all(r.is_finished for r in runs) else None
+            return runs if runs and all(r.is_finished for r in runs) else None
 
-        runs = wait_for(finished_publish_runs, what="three finished publish runs launched by the sensor", timeout=180,
+        runs = wait_for(finished_publish_runs, what="a finished publish run launched by the sensor", timeout=180,
                         alive=lambda: dev.poll() is None, detail=log, interval=1)
-        assert all(r.is_success for r in runs)
-        assert sorted(r.tags["feature_pipelines/partition"] for r in runs) == ["2024-01-01", "2024-01-02", "2024-01-03"]
+        # The three partitions of the build are one publish run (the sensor ticks every 15 s; give it two more ticks).
+        time.sleep(35)
+        with dg.DagsterInstance.get() as instance:
+            runs = instance.get_runs(dg.RunsFilter(job_name=PUBLISH_JOB))
+        assert len(runs) == 1 and runs[0].is_success
+        assert runs[0].tags["feature_pipelines/partitions"] == "2024-01-01...2024-01-03"
+        assert runs[0].tags["feature_pipelines/partition_count"] == "3"
     finally:
         # dg dev runs a webserver, a daemon and code servers: stop the whole session we started.
         for sig, wait in ((signal.SIGINT, 20), (signal.SIGKILL, 10)):
@@ -212,3 +220,32 @@ def test_dagster_dev_publishes_new_partitions_without_a_click(project: Path) -> 
     got = store.get_online_features(["customer_velocity"], offline.select("customer_id"))
     store.close()
     assert got["customer_velocity__transaction_id_count_7d"].to_list() == offline["transaction_id_count_7d"].to_list()
+
+
+def test_a_90_day_backfill_is_one_publish_run(project: Path) -> None:
+    """A single-run backfill of 90 daily partitions reaches the online store through one publish run."""
+    source = project / "events.parquet"
+    rng = np.random.default_rng(9)
+    n = 6000
+    ts = np.datetime64("2024-01-01T00:00:00", "us") + rng.integers(0, 92 * 86_400_000_000, n).astype("timedelta64[us]")
+    pl.DataFrame({"customer_id": rng.integers(0, 50, n).astype(str), "ts": ts, "amount": rng.uniform(1, 100, n)}).write_parquet(source)
+    registry = Registry()
+    registry.add(Feature(name="spend", entities=[Entity("customer", join_key="customer_id")], source=Source(str(source), timestamp="ts"),
+                         start="2024-01-01", metrics=[Rolling(["1d", "7d"], {"amount": ["sum", "count"]})], online=True))
+    defs = build_defs(registry)
+    with dg.DagsterInstance.get() as instance:
+        assert _materialize(defs, instance, "2024-01-01", "2024-03-30").success
+        tick = _tick(defs, instance, None)
+        assert len(tick.run_requests) == 1
+        config = tick.run_requests[0].run_config["ops"]["publish_partitions"]["config"]
+        assert len(config["partitions"]) == 90
+        run = _publish(defs, instance, tick.run_requests[0])
+        assert run.success
+        assert _tick(defs, instance, tick.cursor).run_requests == []
+        meta = instance.fetch_observations(dg.AssetKey("spend"), limit=1).records[0].event_log_entry.asset_observation.metadata
+        assert meta["partition_count"].value == 90 and meta["rows_written"].value == 50
+        assert len(instance.get_runs(dg.RunsFilter(job_name=PUBLISH_JOB))) == 1
+    ids = [str(i) for i in range(50)]
+    got, want = _online(registry, ids), _newest_offline(project, ids)
+    assert got["spend__amount_sum_7d"].to_list() == want["amount_sum_7d"].to_list()
+    assert want["feature_timestamp"].max().isoformat().startswith("2024-03-31")

@@ -1,12 +1,14 @@
-"""Publishing fresh partitions online: a sensor on materializations launches one publish run per partition.
+"""Publishing fresh partitions online: a sensor on materializations launches one publish run per feature per tick.
 
 The sensor is a plain `@sensor` with a cursor per feature on materialization storage ids (an
-`@asset_sensor` would drop all but the newest partition when several land between ticks). It only
-lists new materializations and emits `RunRequest`s (run_key = feature + storage id, so a
-re-evaluated tick never publishes twice); the publish run does the work: read exactly that
-partition at the version recorded in the materialization's metadata, keep the newest row per
-entity, write it newer-wins. Blocking checks run before a partition is written, so a partition
-whose check failed has no materialization and is never published.
+`@asset_sensor` would drop all but the newest partition when several land between ticks). Each tick,
+for each online feature, it gathers every materialization since the cursor into ONE `RunRequest`
+(run_key = feature + first and last storage id, so a re-evaluated tick never publishes twice and each
+materialization is published exactly once): a 90-partition backfill is one publish run, not 90. The
+run does the work: read the partitions at the versions recorded on their materializations, keep the
+newest row per entity, write it newer-wins — which is what makes a batch safe in any order: an older
+partition never overwrites a newer value. Blocking checks run before a partition is written, so a
+partition whose check failed has no materialization and is never published.
 
 (No `from __future__ import annotations` here: Dagster reads the op's config annotation at runtime.)
 """
@@ -25,7 +27,7 @@ from feature_pipelines.spec.feature import FEATURE_TIMESTAMP, Feature
 
 PUBLISH_JOB = Names().publish_job
 SENSOR = Names().sensor
-PAGE = 200  # materializations listed per feature per tick; the rest wait for the next tick
+PAGE = 1000  # materializations gathered per feature per tick (one run); the rest wait for the next tick
 
 
 @dataclass(frozen=True)
@@ -65,40 +67,58 @@ def publish_partitions(feature: Feature, partitions: list[str] | None, version: 
 
 class PublishConfig(dg.Config):
     feature: str
-    partition: str
-    version: str = ""  # '' = the newest version
-    storage_id: int = 0  # the materialization that triggered this run (0 = by hand)
+    partitions: list[str]  # the partitions to publish
+    versions: list[str] = []  # the version each was materialized at, in the same order ('' or absent = the newest)
+    first_storage_id: int = 0  # the materializations that triggered this run (0 = by hand)
+    last_storage_id: int = 0
+
+
+def _by_version(config: PublishConfig) -> dict[str, list[str]]:
+    """Partitions grouped by the version they were materialized at ('' = the newest), in order."""
+    groups: dict[str, list[str]] = {}
+    for i, partition in enumerate(config.partitions):
+        version = config.versions[i] if i < len(config.versions) else ""
+        groups.setdefault(version, []).append(partition)
+    return groups
+
+
+def _span(partitions: list[str]) -> str:
+    return partitions[0] if len(partitions) == 1 else f"{partitions[0]} … {partitions[-1]} ({len(partitions)})"
 
 
 def build_publish_job(registry: Registry, names: Names) -> dg.JobDefinition:
-    """A job with one op that publishes one partition of one feature (config: feature, partition, version)."""
+    """A job with one op that publishes a batch of partitions of one feature (config: feature, partitions, versions)."""
 
-    @dg.op(name="publish_partition", tags={"kind": "online"}, required_resource_keys={names.offline_store, names.online_store})
+    @dg.op(name="publish_partitions", tags={"kind": "online"}, required_resource_keys={names.offline_store, names.online_store})
     def _publish(context: dg.OpExecutionContext, config: PublishConfig) -> dg.Output[None]:
         feature = registry.feature(config.feature)
         offline = getattr(context.resources, names.offline_store).store()
         online = getattr(context.resources, names.online_store)
-        try:
-            result = publish_partitions(feature, [config.partition], config.version or None, offline, online)
-        except FeaturePipelinesError as err:
-            raise dg.Failure(description=f"publishing {config.feature} {config.partition} failed: {err}") from err
+        results = []
+        for version, partitions in _by_version(config).items():
+            try:
+                results.append(publish_partitions(feature, partitions, version or None, offline, online))
+            except FeaturePipelinesError as err:
+                raise dg.Failure(description=f"publishing {config.feature} {_span(partitions)} failed: {err}") from err
         metadata = {
-            "feature": result.feature,
-            "partition": config.partition,
-            "version": result.version,
-            "rows": result.rows,
-            "rows_written": result.written,
-            "rows_skipped_older": result.skipped,
-            "online_store": result.store,
-            "seconds": round(result.seconds, 4),
-            "materialization_storage_id": config.storage_id,
+            "feature": config.feature,
+            "partitions": _span(sorted(config.partitions)),
+            "partition_count": len(config.partitions),
+            "version": ", ".join(dict.fromkeys(r.version for r in results)),
+            "rows": sum(r.rows for r in results),
+            "rows_written": sum(r.written for r in results),
+            "rows_skipped_older": sum(r.skipped for r in results),
+            "online_store": results[-1].store if results else "",
+            "seconds": round(sum(r.seconds for r in results), 4),
+            "materialization_storage_ids": f"{config.first_storage_id}…{config.last_storage_id}",
         }
-        context.log.info(f"{result.feature} {config.partition} v{result.version}: {result.written} written, {result.skipped} skipped as not newer")
+        context.log.info(f"{config.feature} {metadata['partitions']} v{metadata['version']}: {metadata['rows_written']} written, "
+                         f"{metadata['rows_skipped_older']} skipped as not newer")
         # Shown on the feature's own page in the UI, next to its materializations.
-        context.log_event(dg.AssetObservation(asset_key=names.asset_key(result.feature), partition=config.partition, metadata=metadata))
+        context.log_event(dg.AssetObservation(asset_key=names.asset_key(config.feature), metadata=metadata))
         return dg.Output(None, metadata=metadata)
 
-    @dg.job(name=names.publish_job, description="Publish one materialized feature partition to the online store (newer-wins).",
+    @dg.job(name=names.publish_job, description="Publish materialized partitions of one feature to the online store (newer-wins).",
             tags={"feature_pipelines/kind": "publish"})
     def _job():
         _publish()
@@ -107,33 +127,38 @@ def build_publish_job(registry: Registry, names: Names) -> dg.JobDefinition:
 
 
 def build_publish_sensor(registry: Registry, job: dg.JobDefinition, names: Names) -> dg.SensorDefinition:
-    """On by default: every new materialization of an online feature becomes one publish run."""
+    """On by default: each tick, the new materializations of each online feature become one publish run."""
     online = sorted(name for name, f in registry.features.items() if f.online)
 
     @dg.sensor(name=names.sensor, job=job, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=15,
-               description=f"Publishes each new partition of {', '.join(online) or 'no feature'} to the online store.")
+               description=f"Publishes new partitions of {', '.join(online) or 'no feature'} to the online store, one run per feature per tick.")
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         cursor = json.loads(context.cursor) if context.cursor else {}
         requests = []
         for name in online:
-            after = cursor.get(name)
-            records = context.instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=names.asset_key(name), after_storage_id=after), limit=PAGE, ascending=True
-            ).records
+            records = [r for r in context.instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=names.asset_key(name), after_storage_id=cursor.get(name)), limit=PAGE, ascending=True
+            ).records]
+            if not records:
+                continue
+            cursor[name] = records[-1].storage_id
+            newest: dict[str, str] = {}  # partition -> version of its newest materialization in this batch
             for record in records:
-                if record.partition_key is None:
-                    continue
-                version = record.asset_materialization.metadata.get("version")
-                requests.append(
-                    dg.RunRequest(
-                        run_key=f"{name}:{record.storage_id}",
-                        run_config=dg.RunConfig(ops={"publish_partition": PublishConfig(
-                            feature=name, partition=record.partition_key, version=version.value if version else "",
-                            storage_id=record.storage_id)}),
-                        tags={"feature_pipelines/feature": name, "feature_pipelines/partition": _tag(record.partition_key)},
-                    )
-                )
-                cursor[name] = record.storage_id
+                if record.partition_key is not None:
+                    version = record.asset_materialization.metadata.get("version")
+                    newest.pop(record.partition_key, None)
+                    newest[record.partition_key] = version.value if version else ""
+            if not newest:
+                continue
+            first, last = records[0].storage_id, records[-1].storage_id
+            keys = sorted(newest)
+            requests.append(dg.RunRequest(
+                run_key=f"{name}:{first}-{last}",
+                run_config=dg.RunConfig(ops={"publish_partitions": PublishConfig(
+                    feature=name, partitions=keys, versions=[newest[k] for k in keys], first_storage_id=first, last_storage_id=last)}),
+                tags={"feature_pipelines/feature": name, "feature_pipelines/partitions": _tag(f"{keys[0]}...{keys[-1]}"),
+                      "feature_pipelines/partition_count": str(len(keys))},
+            ))
         return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True))
 
     return _sensor
@@ -144,4 +169,4 @@ def _tag(value: str) -> str:
     return value.replace(":", ".")
 
 
-__all__ = ["PUBLISH_JOB", "SENSOR", "PublishResult", "build_publish_job", "build_publish_sensor", "publish_partitions"]
+__all__ = ["PUBLISH_JOB", "SENSOR", "PublishConfig", "PublishResult", "build_publish_job", "build_publish_sensor", "publish_partitions"]
