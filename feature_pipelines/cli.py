@@ -30,14 +30,26 @@ def _ensure_dagster_home() -> Path:
     """A persistent Dagster instance, so the UI (`dg dev`, same DAGSTER_HOME) sees CLI runs.
 
     $DAGSTER_HOME, else `.dagster_home` in the project; a new one gets the project's dagster.yaml, if any.
+    The first process to use a new home creates its storage while holding a lock on it, so several
+    CLI processes started at once on a fresh home (CI jobs) do not race inside Dagster's migrations.
     """
+    import fcntl
+
+    import dagster as dg
+
     root = find_project().root
     home = Path(os.environ.get("DAGSTER_HOME") or root / ".dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text((root / "dagster.yaml").read_text() if (root / "dagster.yaml").is_file() else _INSTANCE_YAML)
     os.environ["DAGSTER_HOME"] = str(home)
+    with open(home / ".feature_pipelines.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        config = home / "dagster.yaml"
+        if not config.exists():
+            tmp = home / f".dagster.yaml.{os.getpid()}"
+            tmp.write_text((root / "dagster.yaml").read_text() if (root / "dagster.yaml").is_file() else _INSTANCE_YAML)
+            os.replace(tmp, config)
+        with dg.DagsterInstance.get() as instance:
+            instance.get_runs(limit=1)  # creates (or migrates) the run, event and schedule storage once
     return home
 
 
@@ -57,12 +69,53 @@ def _up_to_date(store, feature, keys: list[str]) -> dict | None:
     return manifest if current else None
 
 
+def partition_range(feature, start: str | None, end: str | None) -> tuple[str, str]:
+    """The first and last partition to build: `start` (default: the feature's first partition) to `end`
+    (default: its last complete one, or its `end`), each checked to be a partition of the feature."""
+    from feature_pipelines.orchestration.assets import partitions_def
+
+    pdef = partitions_def(feature)
+    available_first, available_last = pdef.get_first_partition_key(), pdef.get_last_partition_key()
+    span = f"{feature.granularity} partitions from {available_first} to {available_last}"
+    if available_last is None:
+        raise FeaturePipelinesError(f"feature {feature.name!r} has no complete partition yet (it starts {available_first})")
+    first, last = start or available_first, end or available_last
+    for key, option in ((first, "--start"), (last, "--end")):
+        if not pdef.has_partition_key(key):
+            raise FeaturePipelinesError(f"{option} {key!r} is not a partition of {feature.name!r}; it has {span}")
+    if pdef.time_window_for_partition_key(first).start > pdef.time_window_for_partition_key(last).start:
+        raise FeaturePipelinesError(f"--start {first} is after --end {last}; give the range oldest first")
+    return first, last
+
+
+def _cause(failure) -> str:
+    """The innermost error of a failed step, without Dagster's wrapping ('Error occurred while executing op')."""
+    if failure is None:
+        return "see the run in the Dagster UI (dg dev)"
+    if failure.user_failure_data is not None and failure.user_failure_data.description:
+        return failure.user_failure_data.description
+    error = failure.error
+    while error.cause is not None:
+        error = error.cause
+    message = error.message.strip()
+    for ours in ("DataError", "DefinitionError", "StoreError", "ProfileError", "FeaturePipelinesError"):
+        message = message.removeprefix(f"feature_pipelines.errors.{ours}: ")
+    return message
+
+
+def _samples(failure) -> str:
+    """The failing-row samples a blocking check attached to the run's failure, as text."""
+    metadata = failure.user_failure_data.metadata if failure is not None and failure.user_failure_data is not None else {}
+    return "\n".join(f"{name}:\n{entry.value}" for name, entry in metadata.items() if name.endswith("sample"))
+
+
 def build(registry: Registry, names: list[str] | None, tags: list[str] | None, start: str | None, end: str | None,
-          profile: str | None, force: bool = False) -> list[dict]:
+          profile: str | None, force: bool = False, verbose: bool = False) -> list[dict]:
     """Materialize features through Dagster: one run per feature, the whole range in one pass.
 
     A feature whose partitions in the range were all built by the same definition from the same
-    source content is reported as up to date and not run again, unless `force`.
+    source content is reported as up to date and not run again, unless `force`. A failure prints the
+    failing check's sample rows and ends with one line carrying the cause (Dagster's trace with `verbose`).
     """
     import dagster as dg
 
@@ -78,17 +131,10 @@ def build(registry: Registry, names: list[str] | None, tags: list[str] | None, s
     store = load_profile(profile).offline_store()
     summary = []
     with dg.DagsterInstance.get() as instance:
+        ranges = {feature.name: partition_range(feature, start, end) for feature in chosen}  # every range checked before any run
         for feature in chosen:
-            pdef = partitions_def(feature)
-            first = start or pdef.get_first_partition_key()
-            last = end or first
-            for key in (first, last):
-                if not pdef.has_partition_key(key):
-                    raise FeaturePipelinesError(
-                        f"partition {key!r} is not a partition of {feature.name!r} "
-                        f"({feature.granularity} from {pdef.get_first_partition_key()} to {pdef.get_last_partition_key()})"
-                    )
-            keys = pdef.get_partition_keys_in_range(dg.PartitionKeyRange(first, last))
+            first, last = ranges[feature.name]
+            keys = partitions_def(feature).get_partition_keys_in_range(dg.PartitionKeyRange(first, last))
             t0 = time.perf_counter()
             print(f"  {feature.name}: {len(keys)} partition(s) {first} … {last}", end="", flush=True)
             done = None if force else _up_to_date(store, feature, keys)
@@ -100,19 +146,24 @@ def build(registry: Registry, names: list[str] | None, tags: list[str] | None, s
             result = defs.resolve_job_def(Names().job(feature.name)).execute_in_process(
                 instance=instance,
                 tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
-                # The CLI prints its own progress line; Dagster's per-event console log is in the UI.
-                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                # The CLI prints its own progress and errors; Dagster's per-event log (and traces) is in the UI, or with --verbose.
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING" if verbose else "CRITICAL"}}}},
                 raise_on_error=False,
             )
             if not result.success:
                 failure = result.failure_data_for_node(feature.name)
-                detail = failure.user_failure_data.description if failure and failure.user_failure_data else (failure.error.message if failure else "see the run in the Dagster UI")
-                print(" FAILED")
-                raise FeaturePipelinesError(f"building {feature.name} failed (run {result.run_id}): {detail}")
+                print(" FAILED", flush=True)
+                if verbose and failure is not None and failure.error is not None:
+                    print(failure.error.to_string(), file=sys.stderr)
+                samples = _samples(failure)
+                if samples:
+                    print(samples, file=sys.stderr)
+                raise FeaturePipelinesError(f"building {feature.name} failed (run {result.run_id}): {_cause(failure)}")
             mats = result.asset_materializations_for_node(feature.name)
             bumps = sorted({m.metadata["bump"].value for m in mats})
             version = mats[-1].metadata["version"].value if mats else "?"
-            print(f" → {version} ({', '.join(bumps)}) in {time.perf_counter() - t0:.1f}s")
+            empty = sum(1 for m in mats if m.metadata["dagster/row_count"].value == 0)
+            print(f" → {version} ({', '.join(bumps)}{f'; {empty} partition(s) with no rows' if empty else ''}) in {time.perf_counter() - t0:.1f}s")
             summary.append({"feature": feature.name, "version": version, "partitions": len(keys), "run_id": result.run_id})
     return summary
 
@@ -122,6 +173,8 @@ def publish(registry: Registry, names: list[str] | None, tags: list[str] | None,
     """Push the newest row per entity of materialized partitions (default: all) of online features, newer-wins."""
     from feature_pipelines.orchestration.publish import publish_partitions
 
+    if start and end and start > end:
+        raise FeaturePipelinesError(f"--start {start} is after --end {end}; give the range oldest first")
     chosen = [f for f in registry.select(names, tags) if f.online or names]
     active = load_profile(profile)
     store = active.offline_store()
@@ -206,13 +259,14 @@ def _parser() -> argparse.ArgumentParser:
     command("list", "list the project's features").add_argument("--tags", action="append", help="only features with this tag (key or key=value)")
     command("inspect", "show a feature's definition and newest version").add_argument("feature")
     command("versions", "show a feature's versions").add_argument("feature")
-    p_build = command("build", "materialize features through Dagster")
-    p_build.add_argument("--features", help="comma-separated feature names")
-    p_build.add_argument("--tags", action="append")
-    p_build.add_argument("--partition")
-    p_build.add_argument("--start")
-    p_build.add_argument("--end")
+    p_build = command("build", "materialize features through Dagster (default: every partition of each feature)")
+    p_build.add_argument("--features", help="comma-separated feature names (default: all)")
+    p_build.add_argument("--tags", action="append", help="only features with this tag (key or key=value)")
+    p_build.add_argument("--partition", help="one partition, e.g. 2024-01-05")
+    p_build.add_argument("--start", help="first partition (default: the feature's first)")
+    p_build.add_argument("--end", help="last partition, inclusive (default: the feature's last complete partition, or its end)")
     p_build.add_argument("--force", action="store_true", help="rebuild even when the range is up to date")
+    p_build.add_argument("--verbose", action="store_true", help="on failure, print Dagster's events and the full trace")
     p_pub = command("publish", "push materialized partitions of online features to the online store")
     p_pub.add_argument("--features", help="comma-separated feature names (default: every online feature)")
     p_pub.add_argument("--tags", action="append")
@@ -271,10 +325,12 @@ def _run(args) -> int:
         with pl.Config(tbl_rows=100, fmt_str_lengths=80, tbl_width_chars=160):
             print(pl.DataFrame(rows))
     elif args.command == "build":
+        if args.partition and (args.start or args.end):
+            raise FeaturePipelinesError("give either --partition or --start/--end, not both")
         start = args.partition or args.start
-        end = args.partition or args.end or start
+        end = args.partition or args.end
         names = args.features.split(",") if args.features else None
-        build(registry, names, args.tags, start, end, args.profile, force=args.force)
+        build(registry, names, args.tags, start, end, args.profile, force=args.force, verbose=args.verbose)
     elif args.command == "publish":
         start = args.partition or args.start
         end = args.partition or args.end

@@ -7,7 +7,10 @@ from feature_pipelines.defs.entities import customer, customer_merchant, merchan
 from feature_pipelines.defs.sources import transactions
 
 SPEND = ["sum", "mean", "count", "std", "min", "max"]
-COMMON = dict(source=transactions, granularity="daily", start="2024-01-01", owner="team:fraud", tags={"domain": "fraud"})
+# The example data covers 2024-01-01 … 2024-04-29 (see sample_data.py): the partitions end with it, so the
+# catalog shows what is there instead of a year of missing days.
+COMMON = dict(source=transactions, granularity="daily", start="2024-01-01", end="2024-04-30", owner="team:fraud",
+              tags={"domain": "fraud"})
 AMOUNT_RULES = {"amount": [greater_than_or_equal(0), less_than(100_000)]}
 
 

@@ -31,7 +31,7 @@ def fraud_labels(day: datetime) -> pl.DataFrame:
 
 
 @dg.asset(
-    partitions_def=dg.DailyPartitionsDefinition(start_date="2024-01-01", timezone="UTC"),
+    partitions_def=dg.DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-04-30", timezone="UTC"),
     deps=[dg.AssetKey(name) for name in fraud_model.references],
     group_name="training",
     kinds={"polars"},

@@ -92,6 +92,42 @@ def run_checks(feature: Feature, frames: dict[str, pl.DataFrame], key: dg.AssetK
     return results
 
 
+def check_source_columns(feature: Feature) -> None:
+    """Before any compute: every column the definition names (keys or their PII columns, metric inputs,
+    validators on source columns, the timestamp) exists in the transformed source; one DataError otherwise."""
+    from feature_pipelines.errors import DataError
+
+    frame = feature.source.scan()
+    if feature.transform is not None:
+        frame = feature.transform(frame)
+    try:
+        schema = frame.collect_schema() if isinstance(frame, pl.LazyFrame) else None
+    except (pl.exceptions.PolarsError, OSError):
+        return  # unreadable or failing transform: the engine reports it with the source's own message
+    if schema is None:
+        return
+    derived = feature.derived_keys
+    output = set(feature.join_keys) | set(feature.metric_columns) | {FEATURE_TIMESTAMP}
+    wanted = {feature.timestamp: "the timestamp"}
+    for key in feature.join_keys:
+        for column in derived.get(key, (key,)):
+            wanted.setdefault(column, f"entity key {key!r}")
+    for metric in feature.rolling:
+        for column in metric.aggregations:
+            wanted.setdefault(column, "a Rolling metric")
+    for metric in feature.latest:
+        for column in metric.columns:
+            wanted.setdefault(column, "a Latest metric")
+    for column in feature.validators:
+        if column not in output:
+            wanted.setdefault(column, "a validator")
+    missing = {c: why for c, why in wanted.items() if c not in schema}
+    if missing:
+        named = ", ".join(f"{c!r} ({why})" for c, why in missing.items())
+        raise DataError(f"feature {feature.name!r}: the source {feature.source.path!r} has no column {named}; "
+                        f"its columns{' after the transform' if feature.transform else ''} are {list(schema)}. Nothing was computed.")
+
+
 def _markdown(frame: pl.DataFrame) -> str:
     head = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
     return head + "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in frame.iter_rows())
@@ -154,6 +190,7 @@ def build_feature_asset(feature: Feature, engine: Engine | None = None, names: N
     def _asset(context):  # AssetExecutionContext (string annotations are not accepted here)
         partition_keys = list(context.partition_keys)
         context.log.info(f"computing {feature.name} for {len(partition_keys)} partition(s) with the {engine.name} engine")
+        check_source_columns(feature)
         # Taken before reading: if the source changes mid-run, the next build sees a new fingerprint.
         fingerprint = lineage_fingerprint(feature, engine)
         frames = engine.compute(feature, partition_keys)
@@ -164,7 +201,8 @@ def build_feature_asset(feature: Feature, engine: Engine | None = None, names: N
             raise dg.Failure(
                 description=f"{feature.name}: {len(failed)} blocking check(s) failed, nothing was written: "
                 + "; ".join(r.description for r in failed),
-                metadata={r.check_name: r.description for r in failed},
+                metadata={**{r.check_name: r.description for r in failed},
+                          **{f"{r.check_name} sample": r.metadata["sample"] for r in failed if "sample" in r.metadata}},
             )
         yield dg.Output(frames, metadata={"source_fingerprint": fingerprint or "unknown"})
         yield from results
