@@ -4,14 +4,15 @@ The oracle is deliberately naive: it keeps the generated events as a list of Pyt
 time as an aware UTC `datetime`) and, for every partition interval [b_i, b_{i+1}) stamped
 t = b_{i+1}, loops over all events to find
 
-* Rolling: the entities with at least one event (null values included) in [b_i - longest window,
-  b_{i+1}), and for each window w and aggregation the non-null values with event time in
-  [t - w, t), aggregated with `math.fsum` / `statistics.median`
-  (count = number of non-null values, 0 when empty; other aggregations null when empty;
-  std/var sample statistics, null below two values);
+* Rolling: the entities with at least one event (null or NaN values included) in [b_i - longest
+  window, b_{i+1}), and for each window w and aggregation the values with event time in [t - w, t)
+  that are neither null nor NaN (NaN is missing data, like null), aggregated with `math.fsum` /
+  `statistics.median` (count = number of such values, 0 when empty; other aggregations null when
+  empty; std/var sample statistics, null below two values);
 * Latest: the entities with an event in [b_i, b_{i+1}) and, per entity, the newest event
-  (ties on time: the later source row);
-* rows: the events in [b_i, b_{i+1}), timestamp renamed to `feature_timestamp`.
+  (ties on time: the later source row), a NaN value stored as null;
+* rows: the events in [b_i, b_{i+1}), timestamp renamed to `feature_timestamp`, values as they are
+  (NaN stays NaN).
 
 It uses no polars and none of the engine's helpers: partition boundaries, keys, window lengths and
 column labels are recomputed here from the written contract. The only shared function is
@@ -24,7 +25,7 @@ random time zone, in 'us' or 'ns') that the engine then reads.
 Hypothesis drives the inputs: 1-4 entities under several key layouts (string, integer, composite,
 two entities, surrogate keys from PII, composite with a surrogate part), 0-60 events whose times
 cluster on partition boundaries, on `boundary - window`, one microsecond either side, in bursts of
-identical timestamps and far outside the read range, with null values. Rolling cases run once
+identical timestamps and far outside the read range, with null and NaN values. Rolling cases run once
 forcing the engine's "dense" algorithm and once forcing its "time-based" one; a spy on the engine
 module checks which algorithm actually ran.
 """
@@ -117,6 +118,11 @@ def interval_start(moment: datetime, gran: str) -> datetime:
     if gran == "weekly":
         return day - timedelta(days=(day.weekday() + 1) % 7)
     return day.replace(day=1)
+
+
+def is_missing(value) -> bool:
+    """Null, or a float NaN: both are missing data for every aggregation."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def aggregate(agg: str, values: list) -> float | int | None:
@@ -341,6 +347,7 @@ def cases(draw, kind: str, path: str | None = None) -> Case:
             st.one_of(
                 st.integers(-100_000, 100_000).map(lambda n: n / 100),
                 st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False),
+                st.just(math.nan),  # missing data that is not a null
             ),
             min_size=1,
             max_size=6,
@@ -437,7 +444,7 @@ def oracle(case: Case) -> dict[str, list[dict]]:
                     for w in windows:
                         for col, names in aggs.items():
                             values = [
-                                e[col] for k, t, _, e in events if k == ent and hi - window_td(w) <= t < hi and e[col] is not None
+                                e[col] for k, t, _, e in events if k == ent and hi - window_td(w) <= t < hi and not is_missing(e[col])
                             ]
                             for agg in names:
                                 row[f"{col}_{agg}_{window_label(w)}"] = aggregate(agg, values)
@@ -447,7 +454,7 @@ def oracle(case: Case) -> dict[str, list[dict]]:
             for ent in sorted({k for k, *_ in inside}):
                 _, t, _, e = max((x for x in inside if x[0] == ent), key=lambda x: (x[1], x[2]))
                 row = dict(zip(key_names, ent), feature_timestamp=hi)
-                row.update({f"latest_{c}": e[c] for c in case.latest})
+                row.update({f"latest_{c}": None if is_missing(e[c]) else e[c] for c in case.latest})
                 row["latest_event_timestamp"] = t
                 rows.append(row)
         else:
@@ -463,6 +470,8 @@ def oracle(case: Case) -> dict[str, list[dict]]:
 def same_value(got, want) -> bool:
     if want is None or got is None:
         return got is None and want is None
+    if isinstance(want, float) and math.isnan(want):  # rows features keep a source NaN as it is
+        return isinstance(got, float) and math.isnan(got)
     if isinstance(want, float):
         return isinstance(got, (float, int)) and math.isclose(got, want, rel_tol=REL_TOL, abs_tol=ABS_TOL)
     if isinstance(want, datetime):  # aware datetimes compare as instants, whatever their tzinfo object
@@ -693,6 +702,81 @@ def test_only_nulls_in_window_count_zero_but_row_exists(tmp_path):
     for aggs in PATH_AGGS.values():
         row = PolarsEngine().compute(rolling_feature(source, ["1d"], {"amount": aggs}), ["2024-01-01"])["2024-01-01"]
         assert row.height == 1 and row["amount_count_1d"].to_list() == [0] and row["amount_sum_1d"].to_list() == [None]
+
+
+@pytest.mark.parametrize("path", ["dense", "time"])
+def test_nan_is_missing_like_null_in_every_aggregation(tmp_path, path):
+    # 'a': [1.0, NaN, 3.0] aggregates [1.0, 3.0]; 'b': [NaN] is a window with no value (count 0, nulls), but a row.
+    source = write(
+        tmp_path,
+        [{"customer_id": "a", "ts": d("2024-01-01T01:00"), "amount": 1.0},
+         {"customer_id": "a", "ts": d("2024-01-01T02:00"), "amount": math.nan},
+         {"customer_id": "a", "ts": d("2024-01-01T03:00"), "amount": 3.0},
+         {"customer_id": "b", "ts": d("2024-01-01T01:00"), "amount": math.nan}],
+        schema=EVENT_SCHEMA,
+    )
+    frame = PolarsEngine().compute(rolling_feature(source, ["1d"], {"amount": PATH_AGGS[path]}), ["2024-01-01"])["2024-01-01"]
+    a, b = frame.to_dicts()
+    want_a = {"count": 2, "sum": 4.0, "mean": 2.0, "min": 1.0, "max": 3.0, "var": 2.0, "std": math.sqrt(2.0), "median": 2.0}
+    for agg in PATH_AGGS[path]:
+        got = a[f"amount_{agg}_1d"]
+        assert got is not None and math.isclose(got, want_a[agg]), (agg, got)
+        assert b[f"amount_{agg}_1d"] == (0 if agg == "count" else None), (agg, b[f"amount_{agg}_1d"])
+
+
+def test_nan_is_not_counted_by_a_count_only_column(tmp_path):
+    source = write(
+        tmp_path,
+        [{"customer_id": "a", "ts": d("2024-01-01T01:00"), "amount": math.nan},
+         {"customer_id": "a", "ts": d("2024-01-01T02:00"), "amount": 2.0},
+         {"customer_id": "a", "ts": d("2024-01-01T03:00"), "amount": None}],
+        schema=EVENT_SCHEMA,
+    )
+    for windows in (["1d"], ["1d", "36h"]):  # dense, then time-based
+        frame = PolarsEngine().compute(rolling_feature(source, windows, {"amount": ["count"]}), ["2024-01-01"])["2024-01-01"]
+        assert frame["amount_count_1d"].to_list() == [1]
+
+
+def test_latest_stores_nan_as_null(tmp_path):
+    source = write(
+        tmp_path,
+        [{"customer_id": "a", "ts": d("2024-01-01T01:00"), "amount": 5.0},
+         {"customer_id": "a", "ts": d("2024-01-01T02:00"), "amount": math.nan}],
+        schema=EVENT_SCHEMA,
+    )
+    feature = Feature(name="f", entities=[Entity("customer", join_key="customer_id")], source=source, metrics=[Latest(["amount"])])
+    frame = PolarsEngine().compute(feature, ["2024-01-01"])["2024-01-01"]
+    assert frame["latest_amount"].to_list() == [None]
+
+
+def test_latest_tie_goes_to_the_last_source_row(tmp_path):
+    # Three events of 'a' at the same instant, in this source order: the last one (3.0) is the newest.
+    source = write(
+        tmp_path,
+        [{"customer_id": "a", "ts": d("2024-01-01T05:00"), "amount": 2.0},
+         {"customer_id": "b", "ts": d("2024-01-01T05:00"), "amount": 9.0},
+         {"customer_id": "a", "ts": d("2024-01-01T05:00"), "amount": 1.0},
+         {"customer_id": "a", "ts": d("2024-01-01T05:00"), "amount": 3.0},
+         {"customer_id": "a", "ts": d("2024-01-01T04:00"), "amount": 7.0}],
+        schema=EVENT_SCHEMA,
+    )
+    feature = Feature(name="f", entities=[Entity("customer", join_key="customer_id")], source=source, metrics=[Latest(["amount"])])
+    frame = PolarsEngine().compute(feature, ["2024-01-01"])["2024-01-01"]
+    assert frame.select("customer_id", "latest_amount").rows() == [("a", 3.0), ("b", 9.0)]
+
+
+def test_latest_compares_times_at_the_source_precision(tmp_path):
+    # 300 ns apart: not a tie, although both are stored as the same microsecond. The newer one (first
+    # in source order) wins.
+    five_am_ns = 1_704_085_200 * 10**9  # 2024-01-01 05:00 UTC
+    ts = pl.Series("ts", [five_am_ns + 900, five_am_ns + 600], dtype=pl.Int64).cast(pl.Datetime("ns"))
+    path = tmp_path / "ns.parquet"
+    pl.DataFrame({"customer_id": ["a", "a"], "ts": ts, "amount": [1.0, 2.0]}).write_parquet(path)
+    feature = Feature(name="f", entities=[Entity("customer", join_key="customer_id")], source=Source(str(path), timestamp="ts"),
+                      metrics=[Latest(["amount"])])
+    row = PolarsEngine().compute(feature, ["2024-01-01"])["2024-01-01"].row(0, named=True)
+    assert row["latest_amount"] == 1.0
+    assert row["latest_event_timestamp"] == datetime(2024, 1, 1, 5, tzinfo=UTC)
 
 
 def test_window_labels_are_canonical(tmp_path):

@@ -112,8 +112,9 @@ def frame_of(feature: Feature, rows: list[dict], values: dict | None = None) -> 
 def write(root: Path, feature: Feature, partitions: dict[str, list[dict]], values: dict | None = None) -> list:
     """Write partition rows (dicts) for `feature` into the local store at `root`, in one commit."""
     frames = {key: frame_of(feature, rows, values) for key, rows in partitions.items()}
+    # allow_empty: some cases patch a partition down to zero rows on purpose.
     return LocalStore(str(root)).write_partitions(feature.name, frames, keys=feature.join_keys, timestamp=FT,
-                                                  config_hash=feature.config_hash)
+                                                  config_hash=feature.config_hash, allow_empty=True)
 
 
 def registry(*items) -> Registry:

@@ -23,11 +23,11 @@ from datetime import timedelta
 import numpy as np
 import polars as pl
 
+from feature_pipelines.engine.blocks import IntervalStats, excl_cumsum, range_extreme, window_count
 from feature_pipelines.engine.source_reader import TS, read_events
 from feature_pipelines.errors import DataError, DefinitionError
 from feature_pipelines.spec.feature import FEATURE_TIMESTAMP, Feature
 from feature_pipelines.spec.granularity import epoch_us
-
 
 
 class PolarsEngine:
@@ -76,11 +76,15 @@ class PolarsEngine:
 
 
 def _check_numeric(feature: Feature, events: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
-    """Count-only columns may have any dtype (they become 1.0/null markers); others must be numeric."""
+    """Count-only columns may have any dtype (they become 1.0/null markers); others must be numeric.
+
+    NaN is missing data, like null: a NaN in a float column is never counted or aggregated.
+    """
     for c in cols:
         aggs = {a for m in feature.rolling for a in m.aggregations.get(c, [])}
         if aggs == {"count"}:
-            events = events.with_columns(pl.when(pl.col(c).is_not_null()).then(1.0).alias(c))
+            present = pl.col(c).is_not_null() & (pl.col(c).is_not_nan() if events.schema[c].is_float() else True)
+            events = events.with_columns(pl.when(present).then(1.0).alias(c))
         elif not events.schema[c].is_numeric():
             raise DataError(
                 f"feature {feature.name!r}: column {c!r} has dtype {events.schema[c]}, but Rolling aggregations "
@@ -146,9 +150,9 @@ def _rolling_dense(events: pl.DataFrame, outputs, b_us: np.ndarray, step: int, l
     row_eid = np.repeat(np.arange(n_ent), length)
     row_idx = np.arange(total) - offset[row_eid] + lo[row_eid]
     pos = offset[eid] + (idx - lo[eid])
-    ones = _excl_cumsum(np.bincount(pos, minlength=total))
+    ones = excl_cumsum(np.bincount(pos, minlength=total))
     # An output row needs an event within the longest window, at or after the entity's first interval.
-    active = (_window_count(ones, wb + 1) > 0) & (row_idx >= np.maximum(first, 0)[row_eid])
+    active = (window_count(ones, wb + 1) > 0) & (row_idx >= np.maximum(first, 0)[row_eid])
     keep = np.flatnonzero(active)
     # Partition-major order, entity order within a partition (numpy's stable sort is a radix sort for 16 bits).
     part = row_idx[keep]
@@ -157,13 +161,13 @@ def _rolling_dense(events: pl.DataFrame, outputs, b_us: np.ndarray, step: int, l
 
     columns: dict[str, pl.Series] = {}
     for col in dict.fromkeys(c for c, *_ in outputs):
-        raw = events[col].cast(pl.Float64)
+        raw = events[col].cast(pl.Float64).fill_nan(None)  # NaN is missing, like null
         valid = raw.is_not_null().to_numpy()
         v = raw.to_numpy()[valid]
         p = pos[valid]
         col_outputs = [(agg, w // step, out) for c, agg, w, out in outputs if c == col]
         aggs = {agg for agg, *_ in col_outputs}
-        stats = _IntervalStats(v, p, total, moments=bool(aggs & {"std", "var"}))
+        stats = IntervalStats(v, p, total, moments=bool(aggs & {"std", "var"}))
         gathered: dict[int, tuple] = {}
         if aggs & {"min", "max"}:
             bucket_min, bucket_max = (np.full(total, np.nan) for _ in range(2))
@@ -174,7 +178,7 @@ def _rolling_dense(events: pl.DataFrame, outputs, b_us: np.ndarray, step: int, l
             bucket_min, bucket_max = pl.Series(bucket_min, nan_to_null=True), pl.Series(bucket_max, nan_to_null=True)
         for agg, wk, out in col_outputs:
             if agg == "count":
-                columns[out] = pl.Series(out, _window_count(stats.count, wk)[order])
+                columns[out] = pl.Series(out, window_count(stats.count, wk)[order])
                 continue
             if agg in ("min", "max"):
                 series = bucket_min if agg == "min" else bucket_max
@@ -196,133 +200,6 @@ def _rolling_dense(events: pl.DataFrame, outputs, b_us: np.ndarray, step: int, l
                         value = np.sqrt(value)
             columns[out] = pl.Series(out, value, nan_to_null=True)
     return pl.DataFrame([pl.Series("__eid", row_eid[order]), pl.Series("__part", row_idx[order]), *columns.values()])
-
-
-def _excl_cumsum(x: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(x) + 1, dtype=x.dtype)
-    np.cumsum(x, out=out[1:])
-    return out
-
-
-def _window_count(cum: np.ndarray, w: int) -> np.ndarray:
-    """Per row, the count over the w rows ending at it, from an exclusive cumulative count (exact integers)."""
-    total = len(cum) - 1
-    out = np.empty(total, dtype=cum.dtype)
-    out[w - 1 :] = cum[w:] - cum[: total + 1 - w]
-    out[: w - 1] = cum[1:w] - cum[0]  # only padding rows start this close to the array's head
-    return out
-
-
-class _IntervalStats:
-    """Per-interval count, sum and centred sum of squares, with windowed aggregates that are range-independent.
-
-    Sums and M2 are combined over power-of-two blocks (level k holds rows [i, i + 2**k)); a window of
-    w rows combines the blocks of w's binary digits, largest first. The result depends only on the rows
-    inside the window, so a partition computed alone is bit-identical to the same partition inside a
-    longer backfill (a difference of prefix sums would not be). Blocks are combined with the pairwise
-    update M2 = M2a + M2b + (n_b*S_a - n_a*S_b)**2 / (n_a*n_b*(n_a+n_b)) (Chan et al.), which stays
-    accurate when the values are large and the spread small. Counts are exact integers (prefix sums).
-    """
-
-    def __init__(self, v: np.ndarray, p: np.ndarray, total: int, moments: bool) -> None:
-        n_b = np.bincount(p, minlength=total)
-        self.count = _excl_cumsum(n_b)
-        self.fcount = self.count.astype(np.float64)  # exact below 2**53 events
-        # bincount adds each interval's values in event order: an interval's sum depends on its events only.
-        s_b = np.bincount(p, weights=v, minlength=total)
-        self.sums = [s_b]
-        self.m2 = None
-        if moments:
-            mean_b = np.divide(s_b, n_b, out=np.zeros(total), where=n_b > 0)
-            self.m2 = [np.bincount(p, weights=(v - mean_b[p]) ** 2, minlength=total)]
-
-    def _n(self, k: int, start: int, size: int) -> np.ndarray:
-        """Counts (float) of the level-k blocks starting at rows start .. start + size."""
-        c = self.fcount
-        return c[start + (1 << k) : start + (1 << k) + size] - c[start : start + size]
-
-    def _level(self, k: int) -> None:
-        while len(self.sums) <= k:
-            j = len(self.sums)  # build level j from level j - 1
-            h = 1 << (j - 1)
-            size = len(self.sums[0]) - (1 << j) + 1
-            a, b = self.sums[j - 1][:size], self.sums[j - 1][h : h + size]
-            if self.m2 is not None:
-                self.m2.append(_merge_m2(self._n(j - 1, 0, size), a, self.m2[j - 1][:size],
-                                         self._n(j - 1, h, size), b, self.m2[j - 1][h : h + size]))
-            self.sums.append(a + b)
-
-    def window(self, w: int) -> tuple:
-        """(count, sum, M2) of every window of w rows; entry j is the window ending at row j + w - 1."""
-        self._level(w.bit_length() - 1)
-        size = len(self.sums[0]) - w + 1
-        n_acc = s_acc = m2_acc = None
-        off = 0
-        for k in range(w.bit_length() - 1, -1, -1):
-            if not w >> k & 1:
-                continue
-            s_blk = self.sums[k][off : off + size]
-            n_blk = self._n(k, off, size)
-            m2_blk = self.m2[k][off : off + size] if self.m2 is not None else None
-            if n_acc is None:
-                n_acc, s_acc, m2_acc = n_blk, s_blk, m2_blk
-            else:
-                if m2_blk is not None:
-                    m2_acc = _merge_m2(n_acc, s_acc, m2_acc, n_blk, s_blk, m2_blk)
-                n_acc, s_acc = n_acc + n_blk, s_acc + s_blk
-            off += 1 << k
-        return n_acc, s_acc, m2_acc
-
-    def ranges(self, lo: np.ndarray, hi: np.ndarray) -> tuple:
-        """(count, sum, M2) of rows [lo, hi) for each pair, combining blocks of the length's binary digits."""
-        length = hi - lo
-        top = int(length.max()).bit_length() if len(length) else 0
-        self._level(max(top - 1, 0))
-        n_acc, s_acc = np.zeros(len(lo)), np.zeros(len(lo))
-        m2_acc = np.zeros(len(lo)) if self.m2 is not None else None
-        pos = lo.copy()
-        for k in range(top - 1, -1, -1):
-            take = np.flatnonzero(length >> k & 1)
-            at = pos[take]
-            s_blk = self.sums[k][at]
-            n_blk = self.fcount[at + (1 << k)] - self.fcount[at]
-            if m2_acc is not None:
-                m2_acc[take] = _merge_m2(n_acc[take], s_acc[take], m2_acc[take], n_blk, s_blk, self.m2[k][at])
-            n_acc[take] += n_blk
-            s_acc[take] += s_blk
-            pos[take] += 1 << k
-        return n_acc, s_acc, m2_acc
-
-
-
-_CHUNK = 1 << 15  # rows per step of _merge_m2: temporaries stay in cache and off the mmap allocator
-
-
-def _merge_m2(n_a, s_a, m2_a, n_b, s_b, m2_b) -> np.ndarray:
-    """Centred sum of squares of the union of two disjoint samples given their counts, sums and M2s.
-
-    When either side is empty its sum is 0.0, so the cross term's numerator is exactly 0 and a
-    denominator clamped to 1 gives 0 without a mask.
-    """
-    out = np.empty(len(n_a))
-    d = np.empty(_CHUNK)
-    denom = np.empty(_CHUNK)
-    for i in range(0, len(n_a), _CHUNK):
-        j = min(i + _CHUNK, len(n_a))
-        dd, dn = d[: j - i], denom[: j - i]
-        na, nb = n_a[i:j], n_b[i:j]
-        np.multiply(nb, s_a[i:j], out=dd)
-        np.multiply(na, s_b[i:j], out=dn)
-        dd -= dn
-        dd *= dd
-        np.add(na, nb, out=dn)
-        dn *= na
-        dn *= nb
-        np.maximum(dn, 1.0, out=dn)
-        dd /= dn
-        dd += m2_a[i:j]
-        np.add(dd, m2_b[i:j], out=out[i:j])
-    return out
 
 
 def _rolling_by_time(events: pl.DataFrame, outputs, b_us: np.ndarray, lookback: int) -> pl.DataFrame:
@@ -353,7 +230,7 @@ def _rolling_by_time(events: pl.DataFrame, outputs, b_us: np.ndarray, lookback: 
 
     columns: dict[str, np.ndarray | pl.Series] = {}
     for col in dict.fromkeys(c for c, *_ in outputs):
-        raw = events[col].cast(pl.Float64)
+        raw = events[col].cast(pl.Float64).fill_nan(None)  # NaN is missing, like null
         valid = raw.is_not_null().to_numpy()
         v = raw.to_numpy()[valid]
         key = ev_key[valid]
@@ -365,7 +242,7 @@ def _rolling_by_time(events: pl.DataFrame, outputs, b_us: np.ndarray, lookback: 
         col_outputs = [(agg, w, out) for c, agg, w, out in outputs if c == col]
         aggs = {agg for agg, *_ in col_outputs}
         # Each event is its own "interval": the block summaries make sums depend only on the window's events.
-        stats = _IntervalStats(v, np.arange(len(v)), len(v), moments=bool(aggs & {"std", "var"}))
+        stats = IntervalStats(v, np.arange(len(v)), len(v), moments=bool(aggs & {"std", "var"}))
         hi = first_at(stamp)
         for agg, w, out in col_outputs:
             lo = first_at(stamp - w)
@@ -373,7 +250,7 @@ def _rolling_by_time(events: pl.DataFrame, outputs, b_us: np.ndarray, lookback: 
             if agg == "count":
                 columns[out] = n_w
             elif agg in ("min", "max"):
-                columns[out] = _range_extreme(v, lo, hi, np.minimum if agg == "min" else np.maximum)
+                columns[out] = range_extreme(v, lo, hi, np.minimum if agg == "min" else np.maximum)
             elif agg == "median":
                 columns[out] = _range_median(events, col, g_eid, stamp, w).alias(out)
             else:
@@ -391,32 +268,12 @@ def _rolling_by_time(events: pl.DataFrame, outputs, b_us: np.ndarray, lookback: 
     )
 
 
-def _range_extreme(v: np.ndarray, lo: np.ndarray, hi: np.ndarray, fn) -> np.ndarray:
-    """min/max of v[lo:hi] per row (NaN when empty) from a sparse table: two overlapping power-of-two blocks."""
-    out = np.full(len(lo), np.nan)
-    length = hi - lo
-    if len(v) == 0 or not length.any():
-        return out
-    table = [v]
-    for k in range(1, int(length.max()).bit_length()):
-        prev, h = table[-1], 1 << (k - 1)
-        table.append(fn(prev[: len(prev) - h], prev[h:]))
-    level = np.zeros(len(lo), dtype=np.int64)
-    nonempty = length > 0
-    level[nonempty] = np.floor(np.log2(length[nonempty])).astype(np.int64)
-    for k in np.unique(level[nonempty]):
-        rows = np.flatnonzero(nonempty & (level == k))
-        block = table[k]
-        out[rows] = fn(block[lo[rows]], block[hi[rows] - (1 << k)])
-    return out
-
-
 def _range_median(events: pl.DataFrame, col: str, g_eid: np.ndarray, stamp: np.ndarray, w: int) -> pl.Series:
     """Median over [t - w, t) per row (null when empty) with polars' rolling kernel on stamps interleaved with events.
 
     A median depends only on the window's values, so this is range-independent without block summaries.
     """
-    ev = events.select("__eid", "__t", pl.col(col).cast(pl.Float64).alias("v"))
+    ev = events.select("__eid", "__t", pl.col(col).cast(pl.Float64).fill_nan(None).alias("v"))
     rows = pl.DataFrame({"__eid": g_eid, "__t": stamp, "__row": np.arange(len(stamp))})
     both = pl.concat([ev, rows], how="diagonal").sort(["__eid", "__t"], maintain_order=True)
     x = pl.col("v")
@@ -426,13 +283,21 @@ def _range_median(events: pl.DataFrame, col: str, g_eid: np.ndarray, stamp: np.n
 
 
 def _latest(feature: Feature, events: pl.DataFrame, b_us: np.ndarray) -> pl.DataFrame:
+    """Per entity and interval, the values of its newest event.
+
+    Newest by the source's own timestamp at its full precision (two events 300 ns apart are not a tie
+    although both are stored as the same microsecond); among events with equal timestamps, the one
+    last in source order (the order the transform returns, else the file's) wins. NaN is stored as null.
+    """
     keys = feature.join_keys
     t = events[TS].dt.epoch("us").to_numpy()
     part = np.searchsorted(b_us[1:], t, side="right")
-    events = events.with_columns(__part=pl.Series(part, dtype=pl.Int64)).sort([*keys, "__part", TS], maintain_order=True)
+    order = [*keys, "__part", feature.timestamp]  # a stable sort: ties keep their source order
+    events = events.with_columns(__part=pl.Series(part, dtype=pl.Int64)).sort(order, maintain_order=True)
     cols = [(c, out) for m in feature.latest for c, out in m.outputs()]
     latest = events.group_by([*keys, "__part"], maintain_order=True).agg(
-        *[pl.col(c).last().alias(out) for c, out in cols], pl.col(TS).last().alias("latest_event_timestamp")
+        *[(pl.col(c).last().fill_nan(None) if events.schema[c].is_float() else pl.col(c).last()).alias(out) for c, out in cols],
+        pl.col(TS).last().alias("latest_event_timestamp"),
     )
     latest = latest.with_columns(
         pl.Series(FEATURE_TIMESTAMP, b_us[latest["__part"].to_numpy() + 1]).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")

@@ -18,7 +18,9 @@ def read_events(feature: Feature, lo: datetime, hi: datetime, value_columns: lis
 
     Naive source timestamps are read as UTC; aware ones are converted to UTC. The time filter is
     applied to the lazy scan in the column's own dtype so polars pushes it into the reader.
-    `value_columns=None` keeps every column.
+    `value_columns=None` keeps every column. A row whose event time is null belongs to no interval:
+    rather than dropping it silently, any such row in the (transformed) source is a DataError. The
+    filter keeps null times so the reader finds them (row groups without nulls are still skipped).
     """
     frame = feature.source.scan()
     if feature.transform is not None:
@@ -54,13 +56,21 @@ def read_events(feature: Feature, lo: datetime, hi: datetime, value_columns: lis
         lo_lit, hi_lit = (pl.lit(v.astimezone(timezone.utc).replace(tzinfo=None)) for v in (lo, hi))
     else:
         lo_lit, hi_lit = (pl.lit(v).dt.convert_time_zone(dtype.time_zone) for v in (lo, hi))
-    frame = frame.filter((pl.col(ts) >= lo_lit) & (pl.col(ts) < hi_lit))
+    frame = frame.filter(((pl.col(ts) >= lo_lit) & (pl.col(ts) < hi_lit)) | pl.col(ts).is_null())
     if value_columns is not None:
         frame = frame.select(list(dict.fromkeys([ts] + required)))
     try:
         events = frame.collect()
     except pl.exceptions.PolarsError as err:
         raise DataError(f"feature {feature.name!r}: reading source {feature.source.path!r} failed: {err}") from err
+    missing_time = events[ts].null_count()
+    if missing_time:
+        raise DataError(
+            f"feature {feature.name!r}: timestamp column {ts!r} is null in {missing_time} row(s) of source "
+            f"{feature.source.path!r}{' (after the transform)' if feature.transform is not None else ''}; expected "
+            "an event time in every row (a row without one belongs to no partition). Fix the source, or drop such "
+            f"rows on purpose in a transform: .filter(pl.col({ts!r}).is_not_null())"
+        )
     stamp = pl.col(ts).cast(pl.Datetime("us", dtype.time_zone))
     stamp = stamp.dt.replace_time_zone("UTC") if dtype.time_zone is None else stamp.dt.convert_time_zone("UTC")
     events = events.with_columns(stamp.alias(TS))

@@ -6,13 +6,15 @@
 
 Object stores give these natively (S3 `If-None-Match`/`If-Match`, GCS `ifGenerationMatch`); on local
 disk they are a temp file plus `os.replace`/`os.link`, with `flock` serialising the compare step.
+Local files get the permissions of any new file, 0o666 minus the process umask (0o644 under the usual
+0o022), so a store shared by a team is readable by it.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Protocol
 
@@ -53,8 +55,17 @@ class LocalBlobs:
         return data, _token(data)
 
     def _temp(self, target: Path, data: bytes) -> str:
+        """A new hidden file next to `target` holding `data`, created 0o666 & ~umask (mkstemp would make it 0o600)."""
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        for _ in range(100):  # 96 random bits: a clash means something else writes these names
+            tmp = str(target.parent / f".{target.name}.{secrets.token_hex(12)}.tmp")
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(f"no free temporary name next to {target} after 100 attempts")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)

@@ -9,11 +9,14 @@ Layout under the store root::
 
 Every write is: put the data file (invisible until referenced), then compare-and-swap
 `_latest.json`. A writer that loses the race re-reads and retries, so two partitions written at
-once both survive and readers only ever see committed versions. Versioning rules:
+once both survive and readers only ever see committed versions. Versioning rules (store/versioning.py):
 first build 1.0.0; MAJOR when a column is removed or changes dtype; MINOR when a column is added or
 the definition's config changes (the new version starts empty: old partitions were computed by a
 different definition); PATCH when an already-materialized partition gets different data (the new
-version inherits every other partition); identical data changes nothing.
+version inherits every other partition); identical data changes nothing. A partition that holds rows
+is never replaced by an empty one within a version (an emptied source is far likelier than an
+interval that really lost every event): that write is a DataError and changes nothing, unless the
+caller passes `allow_empty=True`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import xxhash
 from feature_pipelines.errors import StoreError
 from feature_pipelines.spec.names import check_identifier
 from feature_pipelines.store.blobs import Blobs
+from feature_pipelines.store.hashing import content_hash
+from feature_pipelines.store.versioning import _some, decide  # unity.py imports both from here too
 
 FORMAT = 1
 LATEST = "_latest.json"
@@ -46,32 +51,12 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def content_hash(frame: pl.DataFrame) -> str:
-    """Hash of a frame's values and schema: an uncompressed Arrow IPC stream of one contiguous chunk.
-
-    The oldest compat level writes strings as offset arrays rather than polars' string views, whose
-    buffers depend on how the frame was built (a slice of a backfill vs. a single partition).
-    """
-    buf = io.BytesIO()
-    frame.rechunk().write_ipc_stream(buf, compression="uncompressed", compat_level=pl.CompatLevel.oldest())
-    return xxhash.xxh3_128_hexdigest(buf.getvalue())
-
-
 def schema_of(frame: pl.DataFrame) -> list[dict[str, str]]:
     return [{"name": name, "dtype": str(dtype)} for name, dtype in frame.schema.items()]
 
 
 def _hash_json(value: Any) -> str:
     return xxhash.xxh3_64_hexdigest(json.dumps(value, sort_keys=True, separators=(",", ":")).encode())
-
-
-def _bump(version: str, part: str) -> str:
-    major, minor, patch = (int(x) for x in version.split("."))
-    return {"major": f"{major + 1}.0.0", "minor": f"{major}.{minor + 1}.0", "patch": f"{major}.{minor}.{patch + 1}"}[part]
-
-
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in version.split("."))
 
 
 @dataclass(frozen=True)
@@ -185,10 +170,11 @@ class VersionedStore:
         config_hash: str,
         info: dict | None = None,
         lineage: dict | None = None,
+        allow_empty: bool = False,
     ) -> CommitResult:
         """Store one partition's frame and commit it atomically; see `write_partitions`."""
         (result,) = self.write_partitions(feature, {partition: frame}, keys=keys, timestamp=timestamp,
-                                          config_hash=config_hash, info=info, lineage=lineage)
+                                          config_hash=config_hash, info=info, lineage=lineage, allow_empty=allow_empty)
         return result
 
     def write_partitions(
@@ -201,12 +187,14 @@ class VersionedStore:
         config_hash: str,
         info: dict | None = None,
         lineage: dict | None = None,
+        allow_empty: bool = False,
     ) -> list[CommitResult]:
         """Store partition frames (one file each) and commit them together in one atomic version change.
 
         A backfill that changes many partitions therefore makes one PATCH, not one per partition.
         `lineage` (opaque, e.g. the source fingerprint) is kept on each partition's entry; the store
-        records an unchanged partition's new lineage without changing the version.
+        records an unchanged partition's new lineage without changing the version. Replacing a
+        partition that holds rows with an empty frame is a DataError unless `allow_empty`.
         """
         check_identifier(feature, "feature name")
         if not frames:
@@ -225,7 +213,8 @@ class VersionedStore:
         for _ in range(100):
             found = self.blobs.read(f"{feature}/{LATEST}")
             current, token = (json.loads(found[0]), found[1]) if found else (None, None)
-            outcome, version, bump, reason = decide(current, {p: d for p, (_, _, d) in prepared.items()}, schema, config_hash)
+            outcome, version, bump, reason = decide(current, {p: d for p, (_, _, d) in prepared.items()}, schema, config_hash,
+                                                    rows=None if allow_empty else {p: f.height for p, (f, _, _) in prepared.items()})
             fresh = bump in ("initial", "major", "minor")
             base_partitions: dict = {} if fresh else dict(current["partitions"])
             stale_lineage = [p for p, (b, _) in outcome.items()
@@ -277,29 +266,6 @@ class VersionedStore:
     def _result(self, feature: str, partition: str, manifest: dict, bump: str, reason: str, entry: dict) -> CommitResult:
         return commit_result(feature, partition, manifest, bump, reason, entry, path=f"{feature}/{entry['file']}",
                              uri=self.blobs.uri(f"{feature}/{entry['file']}"))
-
-    @staticmethod
-    def _decide_schema(current: dict | None, schema: list, config_hash: str) -> tuple[str, str, str]:
-        """The version change a write's schema and definition force: initial/major/minor, or '' (decided per partition)."""
-        if current is None:
-            return "1.0.0", "initial", "first build"
-        version = current["version"]
-        old = {c["name"]: c["dtype"] for c in current["columns"]}
-        new = {c["name"]: c["dtype"] for c in schema}
-        removed = [c for c in old if c not in new]
-        changed = [f"{c} {old[c]}→{new[c]}" for c in old if c in new and old[c] != new[c]]
-        added = [c for c in new if c not in old]
-        if removed or changed:
-            parts = ([f"column(s) removed: {', '.join(removed)}"] if removed else []) + (
-                [f"dtype changed: {', '.join(changed)}"] if changed else []
-            )
-            return _bump(version, "major"), "major", "; ".join(parts)
-        if added:
-            return _bump(version, "minor"), "minor", f"column(s) added: {', '.join(added)}"
-        if config_hash != current["config_hash"]:
-            return _bump(version, "minor"), "minor", f"definition changed (config {current['config_hash']} → {config_hash})"
-        return version, "", ""
-
 
 def commit_result(feature: str, partition: str, manifest: dict, bump: str, reason: str, entry: dict, *,
                   path: str, uri: str) -> CommitResult:
@@ -359,44 +325,6 @@ def wants_older(feature: str, version: str | None, latest: dict) -> bool:
     if not re.fullmatch(r"\d+\.\d+\.\d+", version):
         raise StoreError(f"version {version!r} of feature {feature!r} is not MAJOR.MINOR.PATCH, e.g. '1.0.0'")
     return True
-
-
-def decide(current: dict | None, digests: dict[str, str], schema: list, config_hash: str) -> tuple[dict, str, str, str]:
-    """The versioning rules for one write of partitions (partition -> content hash), shared by every store.
-
-    Returns (per-partition (bump, reason), new version, overall bump, overall reason).
-    """
-    version, bump, reason = VersionedStore._decide_schema(current, schema, config_hash)
-    fresh = bump in ("initial", "major", "minor")
-    outcome: dict[str, tuple[str, str]] = {}
-    for partition, digest in digests.items():
-        entry = None if fresh else current["partitions"].get(partition)
-        if fresh:
-            outcome[partition] = (bump, reason)
-        elif entry is None:
-            outcome[partition] = ("added", f"partition {partition} added")
-        elif entry["content_hash"] == digest:
-            outcome[partition] = ("unchanged", f"partition {partition} unchanged")
-        else:
-            outcome[partition] = ("patch", f"partition {partition} data changed")
-    if not fresh:
-        patched = [p for p, (b, _) in outcome.items() if b == "patch"]
-        added = [p for p, (b, _) in outcome.items() if b == "added"]
-        if patched:
-            version, bump, reason = _bump(version, "patch"), "patch", f"data changed in {_some(patched)}"
-        elif added:
-            bump, reason = "added", f"added {_some(added)}"
-        else:
-            bump, reason = "unchanged", "no partition changed"
-    return outcome, version, bump, reason
-
-
-def _some(partitions: list[str]) -> str:
-    """'2024-01-01, 2024-01-02' or '2024-01-01 … 2024-03-30 (90 partitions)' for long lists."""
-    ordered = sorted(partitions)
-    if len(ordered) <= 3:
-        return f"partition{'s' if len(ordered) > 1 else ''} {', '.join(ordered)}"
-    return f"partitions {ordered[0]} … {ordered[-1]} ({len(ordered)})"
 
 
 def _safe(partition: str) -> str:
