@@ -14,6 +14,13 @@ online_read_b1/b100/b1000
                      cache). ratio = p50 / floor p50.
 online_http_b1/b100 — `feature-pipelines serve` in its own process, 1,000 sequential POST /online-features over one
                      keep-alive connection (JSON in and out); floor: the raw MGET of the same batch size.
+online_postgres_read_b1/b100/b1000
+                   — PostgresOnlineStore.read (polars keys in, decoded polars out) of 1 / 100 / 1,000 random entities of the 1M
+                     published x 5 columns, on a PostgreSQL this run starts (Debian's binaries); floor: raw psycopg on a held
+                     connection, the same `entity = ANY(...)` query, binary results, bytes left undecoded. Alternating, as above.
+online_dynamodb_read_b1/b100
+                   — DynamoDBOnlineStore.read of 1 / 100 random entities of 2,000 published, 200 calls, against moto's server
+                     (a Python server: these measure moto more than DynamoDB); floor: one raw boto3 BatchGetItem of the same keys.
 """
 
 from __future__ import annotations
@@ -165,21 +172,104 @@ def _read(batch: int, tmp: Path) -> dict:
         def floor(keys: pl.DataFrame) -> None:
             raw.mget([prefix + k for k in keys.get_column("customer_id").to_list()])
 
-        # GC stays on, as in a serving process: disabling it or gc.freeze() changed neither p50 nor p99 measurably here.
-        lat, floor_lat = [], []
-        for i in range(CALLS + warmup):
-            order = ((project, ours, lat), (floor, theirs, floor_lat))
-            for fn, inputs, sink in (order if i % 2 else order[::-1]):
-                t0 = time.perf_counter()
-                fn(inputs[i])
-                elapsed = time.perf_counter() - t0
-                if i >= warmup:
-                    sink.append(elapsed)
+        lat, floor_lat = _alternate(project, floor, ours, theirs, CALLS, warmup)
         store.close()
         raw.close()
     finally:
         server.stop()
     return _latency(f"online_read_b{batch}", batch, lat, floor_lat)
+
+
+def _alternate(project, floor, ours: list, theirs: list, calls: int, warmup: int) -> tuple[list[float], list[float]]:
+    """Time project(ours[i]) and floor(theirs[i]) alternately (which goes first flips each call); latencies after warmup."""
+    # GC stays on, as in a serving process: disabling it or gc.freeze() changed neither p50 nor p99 measurably here.
+    lat, floor_lat = [], []
+    for i in range(calls + warmup):
+        order = ((project, ours, lat), (floor, theirs, floor_lat))
+        for fn, inputs, sink in (order if i % 2 else order[::-1]):
+            t0 = time.perf_counter()
+            fn(inputs[i])
+            elapsed = time.perf_counter() - t0
+            if i >= warmup:
+                sink.append(elapsed)
+    return lat, floor_lat
+
+
+def _random_keys(n_entities: int, batch: int, count: int, seed: int) -> list[pl.DataFrame]:
+    picks = np.random.default_rng(seed).integers(0, n_entities, (count, batch))
+    return [pl.DataFrame({"customer_id": pl.Series(row, dtype=pl.Int64).cast(pl.String).str.pad_start(7, "0")}) for row in picks]
+
+
+def _postgres_read(batch: int, tmp: Path) -> dict:
+    try:
+        import psycopg
+
+        from feature_pipelines.online import OnlineRead, PostgresOnlineStore
+        from feature_pipelines_tests.postgres_server import postgres_bin, postgres_server
+    except ImportError as e:
+        raise SystemExit(f"online_postgres_* need psycopg[binary,pool]: {e}") from None
+    if postgres_bin() is None:
+        raise SystemExit("online_postgres_* need PostgreSQL's binaries under /usr/lib/postgresql (Debian package postgresql)")
+    with postgres_server() as pg:
+        store = PostgresOnlineStore(pg.conninfo, table="bench")
+        store.write(FEATURE, 1, ["customer_id"], _frame(ENTITIES))
+        raw = psycopg.connect(pg.conninfo, autocommit=True)
+        query = "SELECT entity, value FROM bench WHERE feature = %s AND major = 1 AND entity = ANY(%b::text[])"
+        warmup = 50
+
+        def project(keys: pl.DataFrame) -> None:
+            [out] = store.read([OnlineRead(FEATURE, 1, keys, COLUMNS)])
+            assert out.height == batch
+
+        def floor(keys: pl.DataFrame) -> None:
+            raw.cursor(binary=True).execute(query, (FEATURE, keys.get_column("customer_id").to_list())).fetchall()
+
+        ours, theirs = (_random_keys(ENTITIES, batch, CALLS + warmup, seed) for seed in (batch, batch + 1))
+        lat, floor_lat = _alternate(project, floor, ours, theirs, CALLS, warmup)
+        store.close()
+        raw.close()
+    return _latency(f"online_postgres_read_b{batch}", batch, lat, floor_lat)
+
+
+def _dynamodb_read(batch: int, tmp: Path) -> dict:
+    try:
+        import boto3
+
+        from feature_pipelines.online import DynamoDBOnlineStore, OnlineRead
+        from feature_pipelines_tests.servers import start_moto
+        server = start_moto()
+    except (ImportError, LookupError) as e:
+        raise SystemExit(f"online_dynamodb_* need boto3 and moto[server]: {e}") from None
+    entities, calls, warmup = 2_000, 200, 20
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")}
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")  # moto's dummy keys, never the developer's
+    os.environ.pop("AWS_SESSION_TOKEN", None)
+    try:
+        store = DynamoDBOnlineStore("fp-bench", region="us-east-1", endpoint_url=server.url)
+        store.write(FEATURE, 1, ["customer_id"], _frame(entities))
+        raw = boto3.client("dynamodb", region_name="us-east-1", endpoint_url=server.url)
+
+        def project(keys: pl.DataFrame) -> None:
+            [out] = store.read([OnlineRead(FEATURE, 1, keys, COLUMNS)])
+            assert out.height == batch
+
+        def floor(keys: pl.DataFrame) -> None:
+            pks = [{"pk": {"S": f"{FEATURE}:v1:{k}"}} for k in dict.fromkeys(keys.get_column("customer_id").to_list())]
+            raw.batch_get_item(RequestItems={"fp-bench": {"Keys": pks, "ProjectionExpression": "pk, v"}})
+
+        ours, theirs = (_random_keys(entities, batch, calls + warmup, seed) for seed in (batch, batch + 1))
+        lat, floor_lat = _alternate(project, floor, ours, theirs, calls, warmup)
+        store.close()
+        raw.close()
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    result = _latency(f"online_dynamodb_read_b{batch}", batch, lat, floor_lat)
+    return {**result, "rows": calls * batch, "calls": calls, "notes": "moto's server on loopback, not DynamoDB"}
 
 
 def online_read_b1(tmp: Path) -> dict:
@@ -256,7 +346,9 @@ def online_http_b100(tmp: Path) -> dict:
 
 WORKLOADS = {"online_publish_1m": online_publish_1m, "online_read_b1": online_read_b1,
              "online_read_b100": online_read_b100, "online_read_b1000": online_read_b1000,
-             "online_http_b1": online_http_b1, "online_http_b100": online_http_b100}
+             "online_http_b1": online_http_b1, "online_http_b100": online_http_b100,
+             **{f"online_postgres_read_b{b}": (lambda tmp, b=b: _postgres_read(b, tmp)) for b in (1, 100, 1000)},
+             **{f"online_dynamodb_read_b{b}": (lambda tmp, b=b: _dynamodb_read(b, tmp)) for b in (1, 100)}}
 
 
 def main() -> None:

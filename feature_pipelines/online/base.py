@@ -9,15 +9,27 @@ Record layout (all rows of one schema have the same fixed-size head)::
 
     offset 0   int64  big-endian   timestamp, microseconds since the Unix epoch (UTC). First and
                                    big-endian so the Redis Lua script compares it with `struct`
-                                   without knowing the schema (newer-wins needs nothing else).
+                                   without knowing the schema.
     offset 8   uint32 little-end.  schema id: xxh32 of the schema's canonical JSON. Rows written
                                    under different schemas of one MAJOR (a MINOR bump adds a
                                    column) stay readable side by side.
-    offset 12  ceil(n/8) bytes     null bitmap, bit i (LSB first) set = value column i is null
+    offset 12  uint32 big-endian   MINOR  } the version order: the semantic version the row was
+    offset 16  uint32 big-endian   PATCH  } published from, within its MAJOR (0.0 when unknown)
+    offset 20  ceil(n/8) bytes     null bitmap, bit i (LSB first) set = value column i is null
     then       fixed-width values  numeric/boolean/temporal columns in schema order, little-endian,
                                    native width (Float32 = 4 bytes, Boolean = 1, Date = int32 days)
     then       uint32 per string   byte length of each String/Binary column, in schema order
     then       bytes               the UTF-8 (or binary) data of those columns, concatenated
+
+Newer-wins compares (timestamp, MINOR, PATCH) lexicographically: a corrected partition (a PATCH
+version: same timestamp, other values) replaces the stored row, an older timestamp never does,
+whatever its version, and re-publishing the same version is a no-op. Every store keeps that order
+where it can compare it cheaply (SQL columns, DynamoDB attributes, the record head for Redis).
+
+Layouts: the schema JSON says `"layout": 2` for the layout above. Records of schemas without it
+(layout 1, written before versions were recorded) have no version words: their null bitmap starts
+at offset 12, they decode as before and compare as version 0.0. The schema id stays at offset 8 in
+both, so a reader always knows which layout a record has.
 
 Because the lengths sit in the fixed head, a batch of records decodes with numpy alone: one
 structured `np.frombuffer` for the head, one gather per string column, no per-value Python work.
@@ -45,6 +57,9 @@ _CHUNK = 65_536  # rows encoded at once: bounds the temporary numpy buffers of a
 _TS, _ENTITY, _ROW = "\x00fp_ts", "\x00fp_entity", "\x00fp_row"  # internal column names no user column can take
 _PY_KEYS_MAX = 50_000  # up to this many entities, a read builds key texts in Python (cheaper than starting a polars query)
 _TS_DTYPE = pl.Datetime("us", "UTC")
+LAYOUT = 2
+"""The record layout this version writes (module docstring)."""
+_VERSION_MAX = 2**31 - 1  # MINOR and PATCH bound: (MINOR << 32 | PATCH) must fit a signed 64-bit SQL integer
 
 
 @dataclass(frozen=True)
@@ -76,8 +91,11 @@ class OnlineRead:
 class OnlineStore(Protocol):
     """Newest value per (feature, major, entity), written newer-wins, read in batches in request order.
 
-    `write` replaces a stored value only with a strictly newer timestamp, so re-publishing a partition
-    is a no-op and an old backfill never overwrites fresher values. With `ttl_seconds`, a written value
+    `write` replaces a stored value only with a strictly greater (timestamp, version order): a newer
+    timestamp, or the same timestamp from a newer MINOR.PATCH of the same MAJOR (a corrected
+    partition). Re-publishing a version is a no-op and an old backfill never overwrites fresher values,
+    even from a newer version. `version` is the "MAJOR.MINOR.PATCH" the frame was published from (its
+    MAJOR must be `major`); None orders as 0.0. With `ttl_seconds`, a written value
     expires that long after it was written (wall clock): a value not refreshed by a publish within ttl
     disappears. `read` returns, per `OnlineRead`, exactly one row per requested entity in the requested
     order; unknown entities, null keys and expired values give a row of nulls, with the dtypes written.
@@ -89,7 +107,8 @@ class OnlineStore(Protocol):
     """Where the store lives, for logs and errors, e.g. "sqlite:/path/online.db" or "redis://127.0.0.1:6379/0 (prefix fp)"; never a password."""
 
     def write(self, feature: str, major: int, keys: list[str], frame: pl.DataFrame, *,
-              timestamp: str = FEATURE_TIMESTAMP, ttl_seconds: float | None = None) -> WriteResult: ...
+              timestamp: str = FEATURE_TIMESTAMP, ttl_seconds: float | None = None,
+              version: str | None = None) -> WriteResult: ...
 
     def read(self, reads: list[OnlineRead]) -> list[pl.DataFrame]: ...
 
@@ -159,10 +178,16 @@ def _dtype_of(name: str) -> tuple[pl.DataType, str, str]:
 class RowSchema:
     """The layout of one kind of record: key column names and (name, stored dtype) of each value column."""
 
-    def __init__(self, keys: Sequence[str], columns: Sequence[tuple[str, str]]):
+    def __init__(self, keys: Sequence[str], columns: Sequence[tuple[str, str]], layout: int = LAYOUT):
         self.keys = tuple(keys)
         self.columns = tuple((str(n), str(d)) for n, d in columns)
-        self.json = json.dumps({"keys": list(self.keys), "columns": [list(c) for c in self.columns]}, separators=(",", ":"))
+        self.layout = layout
+        if layout not in (1, LAYOUT):
+            raise StoreError(f"the online store holds a record layout {layout!r}, written by a newer feature_pipelines: upgrade this process")
+        data: dict = {"keys": list(self.keys), "columns": [list(c) for c in self.columns]}
+        if layout != 1:
+            data["layout"] = layout  # layout 1 JSON (and so its schema id) stays exactly what older writers produced
+        self.json = json.dumps(data, separators=(",", ":"))
         self.id = xxhash.xxh32_intdigest(self.json.encode())
         self.dtypes = {n: _dtype_of(d)[0] for n, d in self.columns}
         self.kinds = {n: _dtype_of(d)[1] for n, d in self.columns}
@@ -171,6 +196,8 @@ class RowSchema:
         self.var = [n for n, _ in self.columns if self.kinds[n] == "var"]
         self.null_bytes = math.ceil(len(self.columns) / 8)
         fields: list[tuple] = [("ts", ">i8"), ("sid", "<u4")]
+        if layout != 1:
+            fields += [("minor", ">u4"), ("patch", ">u4")]
         if self.null_bytes:
             fields.append(("nulls", "u1", (self.null_bytes,)))
         fields += [(f"f{self.index[n]}", _dtype_of(d)[2]) for n, d in self.columns if self.kinds[n] == "fixed"]
@@ -181,7 +208,7 @@ class RowSchema:
     @classmethod
     def from_json(cls, text: str | bytes) -> RowSchema:
         data = json.loads(text)
-        return cls(data["keys"], [tuple(c) for c in data["columns"]])
+        return cls(data["keys"], [tuple(c) for c in data["columns"]], data.get("layout", 1))
 
     def __repr__(self) -> str:
         return f"RowSchema(keys={list(self.keys)}, columns={dict(self.columns)})"
@@ -280,6 +307,28 @@ def ttl_milliseconds(ttl_seconds: float | None, feature: str, major: int) -> int
     return max(1, round(ttl_seconds * 1000))
 
 
+def version_order(version: str | None, feature: str, major: int) -> tuple[int, int]:
+    """(MINOR, PATCH) of a "MAJOR.MINOR.PATCH" version whose MAJOR is `major`; (0, 0) for None (callers that know no version)."""
+    if version is None:
+        return (0, 0)
+    parts = version.split(".") if isinstance(version, str) else []
+    if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
+        raise StoreError(f"cannot write {label(feature, major)}: version must be a semantic version 'MAJOR.MINOR.PATCH' "
+                         f"(e.g. '{major}.2.0') or None, got {version!r}")
+    v_major, minor, patch = map(int, parts)
+    if v_major != major:
+        raise StoreError(f"cannot write {label(feature, major)}: version {version!r} belongs to MAJOR {v_major}, "
+                         f"not {major}; pass the MAJOR of the version being published")
+    if minor > _VERSION_MAX or patch > _VERSION_MAX:
+        raise StoreError(f"cannot write {label(feature, major)}: version {version!r} has a MINOR or PATCH above {_VERSION_MAX}")
+    return (minor, patch)
+
+
+def order_number(minor: int, patch: int) -> int:
+    """MINOR and PATCH as one non-negative int64 (MINOR << 32 | PATCH), ordered like the pair: what SQL stores compare."""
+    return (minor << 32) | patch
+
+
 def _check_key_dtypes(frame: pl.DataFrame, keys: Sequence[str], what: str) -> None:
     for k in keys:
         dtype = frame.get_column(k).dtype
@@ -356,6 +405,12 @@ class EncodedBatch:
     timestamps: np.ndarray  # int64 µs UTC
     values: list[bytes]
     duplicates: int  # rows dropped because a newer row for the same entity was in the frame
+    version: tuple[int, int] = (0, 0)  # (MINOR, PATCH) written into every record
+
+    @property
+    def order(self) -> int:
+        """The version order as one int64 (`order_number`): the same for every row of the batch."""
+        return order_number(*self.version)
 
     def entities(self, prefix: str = "") -> list[str]:
         """The entity texts as Python strings, each behind `prefix` (built in polars: a publish has millions)."""
@@ -364,14 +419,16 @@ class EncodedBatch:
         return self.entity.to_frame("e").select(pl.lit(prefix) + pl.col("e")).to_series().to_list()
 
 
-def encode_frame(feature: str, major: int, keys: Sequence[str], frame: pl.DataFrame, timestamp: str) -> EncodedBatch:
+def encode_frame(feature: str, major: int, keys: Sequence[str], frame: pl.DataFrame, timestamp: str,
+                 version: str | None = None) -> EncodedBatch:
     """Validate a frame and encode one record per entity (the newest row wins within the frame).
 
     Raises StoreError before anything is written when the frame is not a DataFrame, lacks a key or
     the timestamp column, has a non-Datetime timestamp, a null key or timestamp, or a value dtype the
-    store cannot hold.
+    store cannot hold, or when `version` is not a "MAJOR.MINOR.PATCH" of this MAJOR.
     """
     check_name(feature, major)
+    order = version_order(version, feature, major)
     what = f"cannot write {label(feature, major)}"
     if not isinstance(frame, pl.DataFrame):
         raise StoreError(f"{what}: expected a polars DataFrame, got {type(frame).__name__}")
@@ -418,15 +475,16 @@ def encode_frame(feature: str, major: int, keys: Sequence[str], frame: pl.DataFr
     ts_np = work.get_column(_TS).to_numpy()
     out: list[bytes] = []
     for start in range(0, work.height, _CHUNK):
-        out += _encode_chunk(schema, work.slice(start, _CHUNK), ts_np[start:start + _CHUNK])
-    return EncodedBatch(schema, work.get_column(_ENTITY), ts_np, out, duplicates)
+        out += _encode_chunk(schema, work.slice(start, _CHUNK), ts_np[start:start + _CHUNK], order)
+    return EncodedBatch(schema, work.get_column(_ENTITY), ts_np, out, duplicates, order)
 
 
-def _encode_chunk(schema: RowSchema, chunk: pl.DataFrame, ts: np.ndarray) -> list[bytes]:
+def _encode_chunk(schema: RowSchema, chunk: pl.DataFrame, ts: np.ndarray, order: tuple[int, int]) -> list[bytes]:
     n = chunk.height
     rec = np.zeros(n, dtype=schema.record)
     rec["ts"] = ts
     rec["sid"] = schema.id
+    rec["minor"], rec["patch"] = order
     if schema.null_bytes:
         mask = np.zeros((n, len(schema.columns)), dtype=bool)
         for i, (name, _) in enumerate(schema.columns):

@@ -191,11 +191,14 @@ class DatabricksOnlineStore:
         return f"{self.catalog}.{self.schema}.{check_identifier(feature, 'feature name')}"
 
     def write(self, feature: str, major: int, keys: list[str], frame: pl.DataFrame, *,
-              timestamp: str = FEATURE_TIMESTAMP, ttl_seconds: float | None = None) -> WriteResult:
+              timestamp: str = FEATURE_TIMESTAMP, ttl_seconds: float | None = None,
+              version: str | None = None) -> WriteResult:
         """Make sure the online table exists, then sync it per `sync_mode`.
 
         The rows themselves travel through Databricks' pipeline from the offline Delta table (already
         committed by the offline store), not through this call: `written` counts the rows handed over.
+        `version` is accepted for the protocol and not used: the sync copies the table's current rows,
+        so a corrected partition (the Delta table overwritten in place) reaches the online table as is.
         """
         name = self.online_table_name(feature, major)
         table = self.adapter.get_online_table(name)

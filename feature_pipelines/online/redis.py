@@ -46,26 +46,44 @@ from feature_pipelines.online.base import (
     never_written,
     ttl_milliseconds,
 )
+from feature_pipelines.online.settings import as_bool, as_int, redact_url, scrub
 
-# KEYS: one per entity (at most _SCRIPT_BATCH). ARGV[1]: TTL in ms ('0' = none); ARGV[i + 1]: the record for KEYS[i].
-# A record replaces the stored one only if its timestamp (the first 8 bytes, big-endian int64 µs) is
-# strictly newer; a missing or expired key counts as older. The timestamp is compared as (signed high,
-# unsigned low) 32-bit halves: exact for every int64, where one Lua number (a double) rounds beyond 2^53.
+# KEYS: one per entity (at most _SCRIPT_BATCH). ARGV[1]: TTL in ms ('0' = none); ARGV[2], ARGV[3]: the batch's
+# MINOR and PATCH; ARGV[4]: the 4-byte schema ids of layout-1 records (no version words: they order as 0.0);
+# ARGV[i + 4]: the record for KEYS[i]. A record replaces the stored one only if (timestamp, MINOR, PATCH)
+# is strictly greater; a missing or expired key counts as older. The timestamp (first 8 bytes, big-endian
+# int64 µs) is compared as (signed high, unsigned low) 32-bit halves: exact for every int64, where one Lua
+# number (a double) rounds beyond 2^53. The stored version words are read only on a timestamp tie.
 # One MGET reads the batch and MSETs write it (without TTL): two server calls per batch instead of two
 # per key, which halves the server's time. `unpack` is kept under Lua's 8000-value stack limit.
 WRITE_SCRIPT = b"""
 local ttl = ARGV[1]
+local nmin, npat = tonumber(ARGV[2]), tonumber(ARGV[3])
+local legacy = {}
+for i = 1, #ARGV[4], 4 do
+  legacy[string.sub(ARGV[4], i, i + 3)] = true
+end
 local current = redis.call('MGET', unpack(KEYS))
 local pending, np = {}, 0
 local written = 0
 for i = 1, #KEYS do
-  local new = ARGV[i + 1]
+  local new = ARGV[i + 4]
   local cur = current[i]
   local newer = not cur
   if not newer then
     local ch, cl = struct.unpack('>i4I4', cur)
     local nh, nl = struct.unpack('>i4I4', new)
-    newer = nh > ch or (nh == ch and nl > cl)
+    if nh ~= ch then
+      newer = nh > ch
+    elseif nl ~= cl then
+      newer = nl > cl
+    else
+      local cmin, cpat = 0, 0
+      if #cur >= 20 and not legacy[string.sub(cur, 9, 12)] then
+        cmin, cpat = struct.unpack('>I4I4', cur, 13)
+      end
+      newer = nmin > cmin or (nmin == cmin and npat > cpat)
+    end
   end
   if newer then
     written = written + 1
@@ -116,7 +134,7 @@ class RedisOnlineStore:
                  socket_timeout: float = 30.0, connect_timeout: float = 5.0):
         if not isinstance(key_prefix, str) or not key_prefix or ":" in key_prefix:
             raise StoreError(f"key_prefix must be a non-empty string without ':', got {key_prefix!r}")
-        port, db, ssl = _as_int(port, "port"), _as_int(db, "db"), _as_bool(ssl, "ssl")  # profiles may pass "6379", "true"
+        port, db, ssl = as_int(port, "port", "Redis"), as_int(db, "db", "Redis"), as_bool(ssl, "ssl", "Redis")  # profiles may pass "6379", "true"
         options = dict(socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout,
                        # one quick retry for a dropped connection, not redis-py's default of 10 (seconds of waiting when Redis is down)
                        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1))
@@ -128,8 +146,8 @@ class RedisOnlineStore:
             else:
                 client = redis_py.Redis(host=host, port=port, db=db, password=password, ssl=ssl, **options)
         except (ValueError, TypeError, redis_py.RedisError) as e:
-            shown = _redact_url(url) if url is not None else f"{host}:{port}"
-            raise StoreError(f"invalid Redis online store settings for {shown}: {_scrub(str(e), password)}") from None
+            shown = redact_url(url) if url is not None else f"{host}:{port}"
+            raise StoreError(f"invalid Redis online store settings for {shown}: {scrub(str(e), password)}") from None
         kwargs = client.connection_pool.connection_kwargs
         self._secret = kwargs.get("password")  # only to scrub it from error messages
         if "path" in kwargs:
@@ -174,7 +192,7 @@ class RedisOnlineStore:
 
     def _error(self, e: Exception, what: str) -> StoreError:
         """A StoreError a person can act on: which server, what failed, while doing what; never the password."""
-        reason = _scrub(str(e) or type(e).__name__, self._secret)
+        reason = scrub(str(e) or type(e).__name__, self._secret)
         if isinstance(e, redis_py.AuthenticationError) or "WRONGPASS" in reason or "NOAUTH" in reason:
             msg = (f"online store {self._where} rejected the credentials while {what}: {reason} "
                    f"(check the password the profile passes to the store)")
@@ -193,17 +211,19 @@ class RedisOnlineStore:
     # -- write -----------------------------------------------------------------------------
 
     def write(self, feature: str, major: int, keys: list[str], frame: pl.DataFrame, *,
-              timestamp: str = FEATURE_TIMESTAMP, ttl_seconds: float | None = None) -> WriteResult:
+              timestamp: str = FEATURE_TIMESTAMP, ttl_seconds: float | None = None,
+              version: str | None = None) -> WriteResult:
         """Newer-wins write of one key per entity; the compare runs server-side, one EVALSHA per batch of keys.
 
-        A row replaces the stored value only if its timestamp is strictly newer (a missing or expired
-        key counts as older); equal or older rows are skipped, so re-publishing a partition is a no-op.
+        A row replaces the stored value only if its (timestamp, version order) is strictly greater (a
+        missing or expired key counts as older): a newer timestamp, or the same one from a newer
+        MINOR.PATCH of `version`; the rest is skipped, so re-publishing a version is a no-op.
         With `ttl_seconds`, every written key expires ttl_seconds after this write: a value not
         refreshed by a publish within ttl disappears. Invalid input raises StoreError before anything
         is sent.
         """
         ttl_ms = ttl_milliseconds(ttl_seconds, feature, major)
-        batch = encode_frame(feature, major, keys, frame, timestamp)
+        batch = encode_frame(feature, major, keys, frame, timestamp, version)
         what = f"writing {label(feature, major)}"
         ttl_arg = str(ttl_ms or 0)
         try:
@@ -219,7 +239,9 @@ class RedisOnlineStore:
             keys = batch.entities(self._prefix(feature, major))
             values = batch.values
             n = len(keys)
-            scripts = (("EVALSHA", WRITE_SHA, min(_SCRIPT_BATCH, n - i), *keys[i:i + _SCRIPT_BATCH], ttl_arg,
+            legacy = b"".join(sid.to_bytes(4, "little") for sid, s in existing.by_id.items() if s.layout == 1)
+            args = (ttl_arg, str(batch.version[0]), str(batch.version[1]), legacy)
+            scripts = (("EVALSHA", WRITE_SHA, min(_SCRIPT_BATCH, n - i), *keys[i:i + _SCRIPT_BATCH], *args,
                         *values[i:i + _SCRIPT_BATCH]) for i in range(0, n, _SCRIPT_BATCH))
             commands = [*first, *scripts] if first else scripts
             written = sum(result for command, result in self._stream(commands) if command[0] == "EVALSHA")
@@ -381,29 +403,3 @@ class RedisOnlineStore:
         members = sorted(m.decode() for m in self._client.smembers(self._registry_key()))
         return [m.split(":", 1)[1] for m in members if m.split(":", 1)[0] == feature]
 
-
-def _as_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or (isinstance(value, str) and not value.strip().isdigit()):
-        raise StoreError(f"Redis online store setting {name} must be an integer, got {value!r}")
-    return int(value)
-
-
-def _as_bool(value: object, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
-        return value.strip().lower() in ("true", "1", "yes")
-    raise StoreError(f"Redis online store setting {name} must be true or false, got {value!r}")
-
-
-def _scrub(text: str, secret: str | None) -> str:
-    """Replace the password, should any library ever echo it, with ***."""
-    return text.replace(secret, "***") if secret else text
-
-
-def _redact_url(url: str) -> str:
-    """The URL without its userinfo (user:password@)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "<unparseable url>"
-    return f"{scheme}://{rest.rsplit('@', 1)[-1]}"

@@ -2,8 +2,9 @@
 
 WAL mode lets a Dagster publish run write while a serving process reads: readers never block and
 never see half a write (each `write` is one transaction). Rows hold the same binary record as the
-Redis store (see `feature_pipelines.online.base`), plus the timestamp and expiry as real columns so
-newer-wins and TTL are plain SQL.
+Redis store (see `feature_pipelines.online.base`), plus the timestamp, version order and expiry as
+real columns so newer-wins and TTL are plain SQL. A file written before the version order existed
+gets its `ver` column added on open (old rows order as version 0.0).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ CREATE TABLE IF NOT EXISTS online_values (
     feature    TEXT    NOT NULL,
     major      INTEGER NOT NULL,
     entity     TEXT    NOT NULL,   -- canonical text of the key tuple (base.entity_texts)
-    ts         INTEGER NOT NULL,   -- µs since epoch, UTC: newer-wins compares this
+    ts         INTEGER NOT NULL,   -- µs since epoch, UTC: newer-wins compares (ts, ver)
+    ver        INTEGER NOT NULL DEFAULT 0,  -- version order within the MAJOR: MINOR << 32 | PATCH
     expires_at INTEGER,            -- µs since epoch (wall clock), NULL = never; filtered at read
     value      BLOB    NOT NULL,   -- the binary record (base module docstring)
     PRIMARY KEY (feature, major, entity)
@@ -53,12 +55,13 @@ CREATE TABLE IF NOT EXISTS online_schemas (
 );
 """
 
-# A value replaces the stored one only if strictly newer, or if the stored one has expired (it is gone for readers).
+# A value replaces the stored one only if (timestamp, version order) is strictly greater, or if the
+# stored one has expired (it is gone for readers).
 _UPSERT = """
-INSERT INTO online_values (feature, major, entity, ts, expires_at, value) VALUES (?, ?, ?, ?, ?, ?)
+INSERT INTO online_values (feature, major, entity, ts, ver, expires_at, value) VALUES (?, ?, ?, ?, {ver}, ?, ?)
 ON CONFLICT (feature, major, entity) DO UPDATE
-SET ts = excluded.ts, expires_at = excluded.expires_at, value = excluded.value
-WHERE excluded.ts > online_values.ts
+SET ts = excluded.ts, ver = excluded.ver, expires_at = excluded.expires_at, value = excluded.value
+WHERE (excluded.ts, excluded.ver) > (online_values.ts, online_values.ver)
    OR (online_values.expires_at IS NOT NULL AND online_values.expires_at <= {now})
 """
 _CHUNK = 2_000  # entities per `IN (...)` query: below SQLite's variable limit (32766), few statements per batch
@@ -88,7 +91,14 @@ class SQLiteOnlineStore:
         except OSError as e:
             raise StoreError(f"cannot open online store {self.description}: cannot create its folder: {e}") from None
         try:
-            self._conn().executescript(_DDL)
+            conn = self._conn()
+            conn.executescript(_DDL)
+            if "ver" not in {row[1] for row in conn.execute("PRAGMA table_info(online_values)")}:  # a file from before versions
+                try:
+                    conn.execute("ALTER TABLE online_values ADD COLUMN ver INTEGER NOT NULL DEFAULT 0")
+                except sqlite3.OperationalError as e:  # another process added it first
+                    if "duplicate column" not in str(e):
+                        raise
         except sqlite3.Error as e:
             raise StoreError(f"cannot open online store {self.description}: {e}") from None
 
@@ -154,16 +164,18 @@ class SQLiteOnlineStore:
     # -- write -----------------------------------------------------------------------------
 
     def write(self, feature: str, major: int, keys: list[str], frame: pl.DataFrame, *,
-              timestamp: str = FEATURE_TIMESTAMP, ttl_seconds: float | None = None) -> WriteResult:
+              timestamp: str = FEATURE_TIMESTAMP, ttl_seconds: float | None = None,
+              version: str | None = None) -> WriteResult:
         """Newer-wins upsert of one row per entity, in one transaction: all rows or (on any error) none.
 
-        A row replaces the stored value only if its timestamp is strictly newer (or the stored value
-        expired); equal or older rows are skipped, so re-publishing a partition writes nothing. With
+        A row replaces the stored value only if its (timestamp, version order) is strictly greater (or
+        the stored value expired): a newer timestamp, or the same one from a newer MINOR.PATCH of
+        `version`; equal or older rows are skipped, so re-publishing a version writes nothing. With
         `ttl_seconds`, each written value expires ttl_seconds after this call: a value not refreshed
         by a publish within ttl disappears.
         """
         ttl_ms = ttl_milliseconds(ttl_seconds, feature, major)
-        batch = encode_frame(feature, major, keys, frame, timestamp)
+        batch = encode_frame(feature, major, keys, frame, timestamp, version)
         now = time.time_ns() // 1000
         expires = now + ttl_ms * 1000 if ttl_ms is not None else None
         what = f"writing {label(feature, major)}"
@@ -179,7 +191,7 @@ class SQLiteOnlineStore:
                 if ttl_ms is not None:
                     conn.execute("DELETE FROM online_values WHERE feature = ? AND major = ? AND expires_at <= ?", (feature, major, now))
                 before = conn.total_changes
-                conn.executemany(_UPSERT.format(now=int(now)),
+                conn.executemany(_UPSERT.format(now=int(now), ver=int(batch.order)),
                                  zip(repeat(feature), repeat(major), batch.entities(), batch.timestamps.tolist(), repeat(expires), batch.values))
                 written = conn.total_changes - before
                 conn.execute("COMMIT")
