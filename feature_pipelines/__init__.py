@@ -35,7 +35,8 @@ _DAGSTER = {
     "FeatureStoreIOManager": "feature_pipelines.orchestration.io_manager",
     **{name: "feature_pipelines.orchestration.resources" for name in (
         "OfflineStoreResource", "OnlineStoreResource", "LocalStoreResource", "S3StoreResource", "GCSStoreResource",
-        "UnityCatalogStoreResource", "SQLiteOnlineStoreResource", "RedisOnlineStoreResource", "DatabricksOnlineStoreResource")},
+        "UnityCatalogStoreResource", "SQLiteOnlineStoreResource", "RedisOnlineStoreResource", "PostgresOnlineStoreResource",
+        "DynamoDBOnlineStoreResource", "DatabricksOnlineStoreResource")},
 }
 
 

@@ -324,3 +324,39 @@ def test_resource_page_shows_the_stores_with_secrets_masked(tmp_path: Path) -> N
     assert resources["shop__online_store"]["key_prefix"][0] == '"shop"'
     assert resources["shop__offline_store"]["path"][0] == json.dumps(str(tmp_path / "store"))
     assert "correct-horse-battery" not in json.dumps(body)
+
+
+# ---- every online store kind is a profile / component setting ----------------------------------------------------
+
+from feature_pipelines_tests.online_stores import aws_env, moto, postgres  # noqa: E402,F401  (session fixtures)
+
+
+@pytest.mark.parametrize("kind", ["postgres", "dynamodb"])
+def test_postgres_and_dynamodb_profiles_publish_and_serve(kind: str, user_project, request, monkeypatch, capsys) -> None:
+    """`kind: postgres` / `kind: dynamodb` in a profile: the CLI publishes there and FeatureStore serves from there."""
+    root, _ = user_project
+    table = f"t{uuid.uuid4().hex[:8]}"
+    if kind == "postgres":
+        monkeypatch.setenv("FP_TEST_PG", request.getfixturevalue("postgres").conninfo)
+        online = f"  kind: postgres\n  conninfo: ${{FP_TEST_PG}}\n  table: {table}\n  max_connections: 2\n"
+    else:
+        request.getfixturevalue("aws_env")
+        monkeypatch.setenv("FP_TEST_DDB", request.getfixturevalue("moto").url)
+        online = f"  kind: dynamodb\n  table: fp-{table}\n  region: us-east-1\n  endpoint_url: ${{FP_TEST_DDB}}\n"
+    (root / "env").mkdir()
+    (root / "env" / "served.yaml").write_text(f"online_store:\n{online}")
+    assert main(["build", "--start", "2024-01-01", "--end", "2024-01-06", "--profile", "served"]) == 0
+    assert main(["publish", "--profile", "served"]) == 0
+    assert table in capsys.readouterr().out
+    from feature_pipelines import FeatureStore
+
+    fs = FeatureStore("served")
+    try:
+        newest = fs.offline.read("store_sales").sort("feature_timestamp").group_by("store_id").last().sort("store_id")
+        online_rows = fs.get_online_features(["store_sales"], newest.select("store_id"))
+    finally:
+        fs.close()
+    assert online_rows["store_sales__total_sum_3d"].to_list() == newest["total_sum_3d"].to_list()
+    if kind == "postgres":
+        shown = resource_from_settings({"kind": "postgres", "conninfo": "postgresql://app:pw-in-url@127.0.0.1:1/db"}, "online_store", "p").masked()
+        assert shown["conninfo"] == "postgresql://app:****@127.0.0.1:1/db"

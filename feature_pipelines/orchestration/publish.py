@@ -58,7 +58,9 @@ def publish_partitions(feature: Feature, partitions: list[str] | None, version: 
     ttl = feature.ttl_us / 1e6 if feature.ttl_us else None
     online = online_resource.open()
     try:
-        result = online.write(feature.name, major, keys, frame, timestamp=FEATURE_TIMESTAMP, ttl_seconds=ttl)
+        # The version orders rows with equal timestamps: a corrected partition (a newer PATCH) replaces what it corrects.
+        result = online.write(feature.name, major, keys, frame, timestamp=FEATURE_TIMESTAMP, ttl_seconds=ttl,
+                              version=manifest["version"])
     finally:
         online.close()
     return PublishResult(feature.name, partitions, manifest["version"], frame.height, result.written, result.skipped,

@@ -192,6 +192,44 @@ class RedisOnlineStoreResource(OnlineStoreResource):
         return RedisOnlineStore(values.pop("url"), **values)
 
 
+class PostgresOnlineStoreResource(OnlineStoreResource):
+    """PostgreSQL (Databricks Lakebase included) by `conninfo` (`postgresql://user@host:5432/db` or `host=... dbname=...`);
+    the password from `password` (an environment variable) or PGPASSWORD; a bounded connection pool."""
+
+    kind: ClassVar[str] = "postgres"
+    secret_fields: ClassVar[tuple[str, ...]] = ("conninfo", "password")
+    aliases: ClassVar[dict[str, str]] = {"schema": "schema_name"}
+    conninfo: str = ""
+    password: str | None = None
+    table: str = "fp_online"
+    schema_name: str | None = None
+    max_connections: int = 10
+
+    def _open(self):
+        from feature_pipelines.online import PostgresOnlineStore
+
+        values = self.settings()
+        return PostgresOnlineStore(values.pop("conninfo") or "", schema=values.pop("schema_name"), **values)
+
+
+class DynamoDBOnlineStoreResource(OnlineStoreResource):
+    """A DynamoDB table (created on first write if missing, on-demand billing); credentials from boto3's chain."""
+
+    kind: ClassVar[str] = "dynamodb"
+    required: ClassVar[tuple[str, ...]] = ("table",)
+    table: str
+    region: str | None = None
+    endpoint_url: str | None = None
+    create_table: bool = True
+    consistent_reads: bool = False
+
+    def _open(self):
+        from feature_pipelines.online import DynamoDBOnlineStore
+
+        values = self.settings()
+        return DynamoDBOnlineStore(values.pop("table"), **values)
+
+
 class DatabricksOnlineStoreResource(OnlineStoreResource):
     """Databricks online tables synced from the Unity Catalog feature tables (`sync_mode`: snapshot, triggered, continuous)."""
 
@@ -218,7 +256,8 @@ OFFLINE_KINDS: dict[str, type[OfflineStoreResource]] = {
     cls.kind: cls for cls in (LocalStoreResource, S3StoreResource, GCSStoreResource, UnityCatalogStoreResource)
 }
 ONLINE_KINDS: dict[str, type[OnlineStoreResource]] = {
-    cls.kind: cls for cls in (SQLiteOnlineStoreResource, RedisOnlineStoreResource, DatabricksOnlineStoreResource)
+    cls.kind: cls for cls in (SQLiteOnlineStoreResource, RedisOnlineStoreResource, PostgresOnlineStoreResource,
+                              DynamoDBOnlineStoreResource, DatabricksOnlineStoreResource)
 }
 
 
@@ -283,7 +322,7 @@ def _first_error(err: Exception) -> str:
 
 
 __all__ = [
-    "DatabricksOnlineStoreResource", "GCSStoreResource", "LocalStoreResource", "OFFLINE_KINDS", "ONLINE_KINDS",
+    "DatabricksOnlineStoreResource", "DynamoDBOnlineStoreResource", "GCSStoreResource", "PostgresOnlineStoreResource", "LocalStoreResource", "OFFLINE_KINDS", "ONLINE_KINDS",
     "OfflineStoreResource", "OnlineStoreResource", "RedisOnlineStoreResource", "S3StoreResource", "SQLiteOnlineStoreResource",
     "UnityCatalogStoreResource", "resolved", "resource_from_settings",
 ]
