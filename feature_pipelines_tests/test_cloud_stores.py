@@ -732,12 +732,13 @@ def test_profile_empty_optional_settings_count_as_unset(project, monkeypatch, ba
 
 
 @pytest.mark.parametrize(("settings", "message"), [
-    ("kind: s3\n  bucket: b\n  access_key: x", r"unknown setting\(s\) \['access_key'\]; kind 's3' takes: bucket, prefix, region, endpoint_url"),
-    ("kind: gcs\n  bucket: b\n  endpoint_url: x", r"unknown setting\(s\) \['endpoint_url'\]; kind 'gcs' takes: bucket, prefix, project, endpoint"),
-    ("kind: local\n  pth: ./store", r"unknown setting\(s\) \['pth'\]; kind 'local' takes: path"),
+    ("kind: s3\n  bucket: b\n  access_key: x", r"kind 's3' has unknown setting 'access_key'; it takes: bucket, prefix, region, endpoint_url "
+                                              r"\(credentials come from the environment"),
+    ("kind: gcs\n  bucket: b\n  endpoint_url: x", r"kind 'gcs' has unknown setting 'endpoint_url'; it takes: bucket, prefix, project, endpoint"),
+    ("kind: local\n  pth: ./store", r"kind 'local' has unknown setting 'pth'; it takes: path"),
     ("kind: s3\n  prefix: features", r"kind 's3' needs `bucket`"),
     ("kind: gcs\n  bucket: ''", r"kind 'gcs' needs `bucket`"),
-    ("kind: azure\n  bucket: b", r"kind 'azure' is not supported; expected 'local', 's3', 'gcs' or 'unity_catalog'"),
+    ("kind: azure\n  bucket: b", r"kind 'azure' is not supported; expected one of 'local', 's3', 'gcs', 'unity_catalog'"),
 ])
 def test_profile_offline_store_mistakes_are_profile_errors(project, settings, message):
     _profile(project, f"offline_store:\n  {settings}\n")

@@ -110,13 +110,21 @@ def test_failing_check_writes_nothing_and_names_the_rows(project: Path) -> None:
         result = _run(defs, instance, "2024-01-04", "2024-01-06")
         assert not result.success
         failure = result.failure_data_for_node("spend").user_failure_data
-        assert "amount" in failure.description and "greater_than_or_equal" in failure.description
+        assert "amount" in failure.description and "greater_than_or_equal" in failure.description and "2024-01-05" in failure.description
         after = sorted((p.relative_to(project), p.read_bytes()) for p in (project / "store").rglob("*") if p.is_file())
         assert after == before
-        record = instance.get_latest_asset_check_evaluation_record(dg.AssetCheckKey(dg.AssetKey("spend"), "amount__greater_than_or_equal"))
-        evaluation = record.event.dagster_event.asset_check_evaluation_data
-        assert not evaluation.passed and evaluation.metadata["failing_rows"].value > 0
+        # Each partition of the run has its own evaluation: only 2024-01-05 fails, with its offending rows.
+        history = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey("spend"), "amount__greater_than_or_equal"), limit=20)
+        latest = {}
+        for record in sorted(history, key=lambda r: r.id):
+            latest[record.event.dagster_event.asset_check_evaluation_data.partition] = record.event.dagster_event.asset_check_evaluation_data
+        assert set(latest) == {f"2024-01-0{d}" for d in range(1, 7)}
+        assert [k for k, e in sorted(latest.items()) if not e.passed] == ["2024-01-05"]
+        evaluation = latest["2024-01-05"]
+        assert evaluation.metadata["failing_rows"].value > 0 and evaluation.metadata["checked_rows"].value >= evaluation.metadata["failing_rows"].value
         assert "amount" in evaluation.metadata["sample"].value
+        assert "sample" not in latest["2024-01-04"].metadata and latest["2024-01-04"].metadata["checked_rows"].value > 0
         assert not instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("spend"), asset_partitions=["2024-01-05"]), limit=1).records
 
 

@@ -13,8 +13,10 @@ from typing import Literal
 
 import dagster as dg
 
-# BackfillPolicy is marked beta in Dagster 1.13; we rely on it deliberately (single-run backfills).
+# BackfillPolicy is marked beta and AssetCheckSpec(partitions_def=...) preview in Dagster 1.13; we rely on both
+# deliberately (single-run backfills, per-partition checks), so their warnings would only be noise to users.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 from feature_pipelines.engine import Engine, PolarsEngine  # noqa: E402
 from feature_pipelines.errors import DefinitionError  # noqa: E402

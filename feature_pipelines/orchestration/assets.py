@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.metadata
+from dataclasses import dataclass
 
 import dagster as dg
+import numpy as np
 import polars as pl
 
 from feature_pipelines.engine import Engine, PolarsEngine
@@ -12,6 +14,7 @@ from feature_pipelines.engine.source_reader import TS, read_events
 from feature_pipelines.orchestration.names import Names
 from feature_pipelines.spec.durations import duration_label, parse_duration
 from feature_pipelines.spec.feature import FEATURE_TIMESTAMP, Feature
+from feature_pipelines.spec.granularity import epoch_us
 from feature_pipelines.spec.validators import Validator
 
 SAMPLE_ROWS = 5
@@ -49,47 +52,55 @@ def checks_of(feature: Feature) -> list[tuple[str, str, Validator]]:
     return [(check_name(col, v, taken), col, v) for col, rules in feature.validators.items() for v in rules]
 
 
-def run_checks(feature: Feature, frames: dict[str, pl.DataFrame], key: dg.AssetKey) -> list[dg.AssetCheckResult]:
-    """Evaluate every validator on the run's output rows (or, for source columns, its source rows)."""
+@dataclass(frozen=True)
+class CheckOutcome:
+    """One validator's result on one partition."""
+
+    check_name: str
+    partition: str
+    passed: bool
+    description: str
+    metadata: dict
+
+
+def run_checks(feature: Feature, frames: dict[str, pl.DataFrame]) -> list[CheckOutcome]:
+    """Evaluate every validator on each partition's output rows (or, for source columns, its source rows).
+
+    One vectorised pass per validator over the whole range, grouped by partition (`unique` means unique
+    within a partition); failing partitions carry a sample of the offending rows.
+    """
     checks = checks_of(feature)
-    if not checks:
+    if not checks or not frames:
         return []
-    output = pl.concat(list(frames.values()), how="vertical_relaxed") if frames else pl.DataFrame()
+    keys = list(frames)
+    output = pl.concat([f.with_columns(__part=pl.lit(i, pl.Int32)) for i, f in enumerate(frames.values())], how="vertical_relaxed")
     source_cols = sorted({col for _, col, _ in checks if col not in output.columns})
     source = None
     if source_cols:
         grain = feature.grain
-        starts = sorted(grain.parse_key(k) for k in frames)
+        starts = [grain.parse_key(k) for k in keys]
+        bounds = np.array([epoch_us(b) for b in grain.boundaries(min(starts), max(starts))], dtype=np.int64)
         source = read_events(feature, starts[0], grain.next(starts[-1]), source_cols)
-    results = []
+        part = np.searchsorted(bounds, source[TS].dt.epoch("us").to_numpy(), side="right") - 1
+        source = source.with_columns(__part=pl.Series(part.astype(np.int32)))
+    outcomes = []
     for name, column, validator in checks:
         target, where = (output, "output") if column in output.columns else (source, "source")
-        failing = target.filter(validator.failing(pl.col(column)))
-        shown = [c for c in ([*feature.join_keys, column] + ([FEATURE_TIMESTAMP] if where == "output" else [TS])) if c in target.columns]
-        sample = failing.select(list(dict.fromkeys(shown))).head(SAMPLE_ROWS)
-        passed = failing.height == 0
-        results.append(
-            dg.AssetCheckResult(
-                asset_key=key,
-                check_name=name,
-                passed=passed,
-                severity=dg.AssetCheckSeverity.ERROR,
-                description=(
-                    f"{column} {validator.description}: all {target.height} {where} rows pass"
-                    if passed
-                    else f"{failing.height} of {target.height} {where} rows break '{column} {validator.description}' ({validator.rule})"
-                ),
-                metadata={
-                    "column": column,
-                    "rule": validator.rule,
-                    "checked_rows": target.height,
-                    "failing_rows": failing.height,
-                    "partitions": ", ".join(frames) if len(frames) <= 5 else f"{next(iter(frames))} … {list(frames)[-1]} ({len(frames)})",
-                    **({"sample": dg.MetadataValue.md(_markdown(sample))} if not passed else {}),
-                },
-            )
-        )
-    return results
+        marked = target.with_columns(__failing=validator.failing(pl.col(column)).over("__part").fill_null(False))
+        counts = marked.group_by("__part").agg(rows=pl.len(), failing=pl.col("__failing").sum())
+        per_part = {p: (r, f) for p, r, f in counts.iter_rows()}
+        shown = list(dict.fromkeys(c for c in [*feature.join_keys, column, FEATURE_TIMESTAMP if where == "output" else TS] if c in target.columns))
+        for i, key in enumerate(keys):
+            rows, failing = per_part.get(i, (0, 0))
+            passed = failing == 0
+            metadata = {"column": column, "rule": validator.rule, "checked_rows": rows, "failing_rows": failing}
+            if not passed:
+                sample = marked.filter((pl.col("__part") == i) & pl.col("__failing")).select(shown).head(SAMPLE_ROWS)
+                metadata["sample"] = dg.MetadataValue.md(_markdown(sample))
+            outcomes.append(CheckOutcome(name, key, passed, (
+                f"{column} {validator.description}: all {rows} {where} rows of {key} pass" if passed
+                else f"{failing} of {rows} {where} rows of {key} break '{column} {validator.description}' ({validator.rule})"), metadata))
+    return outcomes
 
 
 def check_source_columns(feature: Feature) -> None:
@@ -147,15 +158,18 @@ def lineage_fingerprint(feature: Feature, engine: Engine) -> str | None:
 
 def build_feature_asset(feature: Feature, engine: Engine | None = None, names: Names = Names(), group: str | None = None,
                         automation_condition: dg.AutomationCondition | None = None) -> dg.AssetsDefinition:
-    """One time-partitioned asset per feature: code_version = config hash, validators as blocking checks.
+    """One time-partitioned asset per feature: code_version = config hash, validators as partitioned blocking checks.
 
-    Validators run before the output is handed to the IO manager: a failing partition raises and is
-    never written, so the offline store (and the online store fed from it) only holds checked data.
+    Validators run before the output is handed to the IO manager, and each partition gets its own check
+    evaluation (pass, or fail with a sample of the offending rows). If any partition fails, the run fails
+    and nothing is written, so the offline store (and the online store fed from it) only holds checked
+    data. Selecting only the checks (e.g. "Execute checks" in the UI) computes and checks without writing.
     """
     engine = engine or PolarsEngine()
     key = names.asset_key(feature.name)
+    pdef = partitions_def(feature)
     specs = [
-        dg.AssetCheckSpec(name=name, asset=key, blocking=True, description=f"{column} {v.description}")
+        dg.AssetCheckSpec(name=name, asset=key, blocking=True, description=f"{column} {v.description}", partitions_def=pdef)
         for name, column, v in checks_of(feature)
     ]
     windows = sorted({duration_label(w) for m in feature.rolling for w in m.window_us}, key=lambda s: parse_duration(s))
@@ -171,21 +185,27 @@ def build_feature_asset(feature: Feature, engine: Engine | None = None, names: N
         "source": feature.source.path,
         "windows": ", ".join(windows) or "-",
     }
-
-    @dg.asset(
+    spec = dg.AssetSpec(
         key=key,
-        partitions_def=partitions_def(feature),
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        code_version=feature.config_hash,
         description=feature.description or None,
-        group_name=group or feature.group,
-        kinds={"polars", "parquet"},
-        tags=dict(feature.tags),
-        owners=[feature.owner] if feature.owner else None,
         metadata=metadata,
-        check_specs=specs or None,
-        io_manager_key=names.io_manager,
+        group_name=group or feature.group,
+        code_version=feature.config_hash,
         automation_condition=automation_condition,
+        owners=[feature.owner] if feature.owner else None,
+        tags=dict(feature.tags),
+        kinds={"polars", "parquet"},
+        partitions_def=pdef,
+    ).with_io_manager_key(names.io_manager)
+
+    # A multi_asset only to make the checks subsettable (can_subset), which a plain @asset cannot.
+    @dg.multi_asset(
+        name=key.to_python_identifier(),
+        specs=[spec],
+        check_specs=specs or None,
+        partitions_def=pdef,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        can_subset=True,
     )
     def _asset(context):  # AssetExecutionContext (string annotations are not accepted here)
         partition_keys = list(context.partition_keys)
@@ -194,18 +214,24 @@ def build_feature_asset(feature: Feature, engine: Engine | None = None, names: N
         # Taken before reading: if the source changes mid-run, the next build sees a new fingerprint.
         fingerprint = lineage_fingerprint(feature, engine)
         frames = engine.compute(feature, partition_keys)
-        results = run_checks(feature, frames, key)
-        failed = [r for r in results if not r.passed]
+        selected = {c.name for c in context.selected_asset_check_keys}
+        outcomes = [o for o in run_checks(feature, frames) if o.check_name in selected]
+        for outcome in outcomes:
+            context.log_event(dg.AssetCheckEvaluation(
+                asset_key=key, check_name=outcome.check_name, passed=outcome.passed, metadata=outcome.metadata,
+                target_materialization_data=None, severity=dg.AssetCheckSeverity.ERROR, description=outcome.description,
+                blocking=True, partition=outcome.partition))
+        failed = [o for o in outcomes if not o.passed]
         if failed:
-            yield from results
+            shown = failed[:5]
             raise dg.Failure(
-                description=f"{feature.name}: {len(failed)} blocking check(s) failed, nothing was written: "
-                + "; ".join(r.description for r in failed),
-                metadata={**{r.check_name: r.description for r in failed},
-                          **{f"{r.check_name} sample": r.metadata["sample"] for r in failed if "sample" in r.metadata}},
+                description=f"{feature.name}: blocking check(s) failed on {len({o.partition for o in failed})} partition(s), "
+                "nothing was written: " + "; ".join(o.description for o in shown) + (" …" if len(failed) > len(shown) else ""),
+                metadata={**{f"{o.check_name} {o.partition}": o.description for o in shown},
+                          **{f"{o.check_name} {o.partition} sample": o.metadata["sample"] for o in shown}},
             )
-        yield dg.Output(frames, metadata={"source_fingerprint": fingerprint or "unknown"})
-        yield from results
+        if key in context.selected_asset_keys:
+            yield dg.Output(frames, output_name=key.to_python_identifier(), metadata={"source_fingerprint": fingerprint or "unknown"})
 
     return _asset
 
