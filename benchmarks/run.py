@@ -4,6 +4,7 @@ build_year      — compute (median of 3 fresh processes) a year of daily `custo
                   transactions of 10,000 customers in one pass; floor: the same output hand-written in polars.
 build_next_day  — compute one more day after 30 days and after 3 years of history; ratio = 3y / 30d.
 s3_build_year   — write + read back the year of customer_spend on S3 (moto on loopback) vs the local store.
+build_year_e2e  — in benchmarks/e2e.py: the whole `feature-pipelines build` process for the year vs engine + plain writes; dg launch beside.
 online_*        — in benchmarks/online.py (publish, in-process reads, HTTP against a redis-server it starts).
 training_*      — get_training_data for 100k / 1M labels on 10,000 customers x 365 days x 5 floats (1 or 5 features);
                   floor: a bare polars join_asof on the same tables already in memory.
@@ -269,6 +270,16 @@ def s3_build_year(tmp: Path) -> dict:
 WORKLOADS = {"build_year": build_year, "build_next_day": build_next_day,
              "training_100k": training_100k, "training_1m": training_1m, "training_1m_5features": training_1m_5features,
              "s3_build_year": s3_build_year}
+
+
+def build_year_e2e(tmp: Path) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import e2e  # noqa: PLC0415 - benchmarks/e2e.py: whole CLI / dg launch processes
+
+    return e2e.build_year_e2e(tmp)
+
+
+WORKLOADS["build_year_e2e"] = build_year_e2e
 
 
 def _online_workloads() -> dict:

@@ -23,7 +23,17 @@ from feature_pipelines.profiles import load_profile
 from feature_pipelines.project import PACKAGE_ENV, PROJECT_DIR_ENV, find_project
 from feature_pipelines.registry import Registry, project_registry
 
-_INSTANCE_YAML = "storage:\n  sqlite:\n    base_dir:\n      env: DAGSTER_HOME\ntelemetry:\n  enabled: false\n"
+# A new project's instance: Dagster's SQLite storage, writing a partitioned run's events in one transaction.
+_INSTANCE_YAML = """storage:
+  custom:
+    module: feature_pipelines.orchestration.instance
+    class: BatchingSqliteStorage
+    config:
+      base_dir:
+        env: DAGSTER_HOME
+telemetry:
+  enabled: false
+"""
 
 
 def _ensure_dagster_home() -> Path:
@@ -41,6 +51,8 @@ def _ensure_dagster_home() -> Path:
     home = Path(os.environ.get("DAGSTER_HOME") or root / ".dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
+    if (home / "dagster.yaml").exists() and (home / "history" / "runs.db").exists():
+        return home  # initialized already: nothing to race for
     with open(home / ".feature_pipelines.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         config = home / "dagster.yaml"
@@ -273,10 +285,25 @@ def _parser() -> argparse.ArgumentParser:
     p_pub.add_argument("--partition")
     p_pub.add_argument("--start")
     p_pub.add_argument("--end")
-    p_serve = command("serve", "serve online features over HTTP (GET /health, GET /features, POST /online-features)")
+    p_serve = command("serve", "serve online features over HTTP (GET /health, /ready, /features, /metrics, /openapi.json; "
+                               "POST /online-features) on uvicorn")
     p_serve.add_argument("--host", default="127.0.0.1")
-    p_serve.add_argument("--port", type=int, default=8080)
+    p_serve.add_argument("--port", type=int, default=8080, help="0 picks a free port (printed)")
     p_serve.add_argument("--max-batch", type=int, default=1000, help="most entities per request")
+    p_serve.add_argument("--max-body", type=int, help="largest request body in bytes (default 1 MiB, or 1 KiB per --max-batch entity)")
+    p_serve.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (default 1)")
+    p_serve.add_argument("--threads", type=int, default=4,
+                         help="store threads per worker: concurrent store reads and store connections per worker (default 4)")
+    p_serve.add_argument("--backlog", type=int, default=2048, help="listen backlog (default 2048)")
+    p_serve.add_argument("--keep-alive-timeout", type=float, default=5.0, help="seconds an idle connection stays open (default 5)")
+    p_serve.add_argument("--request-timeout", type=float, default=10.0, help="seconds to receive a whole request, else 408 (default 10)")
+    p_serve.add_argument("--store-timeout", type=float, default=5.0, help="seconds to answer from the store, else 503 (default 5)")
+    p_serve.add_argument("--graceful-timeout", type=float, default=10.0,
+                         help="on SIGTERM/SIGINT, seconds to finish requests in flight (default 10)")
+    p_serve.add_argument("--limit-concurrency", type=int, help="connections + requests per worker before answering 503 (default: no limit)")
+    p_serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (with --tls-key)")
+    p_serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p_serve.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     command("profile", "show the resolved profile (secrets masked)")
     command("sync", "rebuild data files missing on disk from committed metadata")
     return parser
@@ -336,19 +363,19 @@ def _run(args) -> int:
         end = args.partition or args.end
         publish(registry, args.features.split(",") if args.features else None, args.tags, start, end, args.profile)
     elif args.command == "serve":
-        from feature_pipelines.retrieval import FeatureStore
-        from feature_pipelines.serving import make_server
+        from feature_pipelines.serving import ServeOptions, serve
 
-        store = FeatureStore(args.profile, registry)
-        server = make_server(store, args.host, args.port, args.max_batch)
-        print(f"serving online features from {store.online.description} on http://{args.host}:{server.server_address[1]}", flush=True)
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.server_close()
-            store.close()
+        online = load_profile(args.profile).online_store()  # a bad profile fails here, once; each worker opens its own store
+        where = online.description
+        online.close()
+        options = ServeOptions(host=args.host, port=args.port, profile=args.profile, workers=args.workers, threads=args.threads,
+                               max_batch=args.max_batch, max_body=args.max_body, backlog=args.backlog,
+                               keep_alive_timeout=args.keep_alive_timeout, request_timeout=args.request_timeout,
+                               store_timeout=args.store_timeout, graceful_timeout=args.graceful_timeout,
+                               limit_concurrency=args.limit_concurrency, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                               log_level=args.log_level)
+        serve(options, on_listening=lambda url: print(
+            f"serving online features from {where} on {url} ({args.workers} worker(s) x {args.threads} store threads)", flush=True))
     elif args.command == "profile":
         profile = load_profile(args.profile)
         print(json.dumps({"profile": profile.name, "file": str(profile.path) if profile.path else "built-in",

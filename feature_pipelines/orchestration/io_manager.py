@@ -8,6 +8,8 @@ together (one version change per run, not one per partition).
 
 from __future__ import annotations
 
+import functools
+
 import dagster as dg
 import polars as pl
 
@@ -16,8 +18,14 @@ from feature_pipelines.orchestration.resources import OfflineStoreResource
 from feature_pipelines.store.versioned import CommitResult, VersionedStore
 
 
+@functools.lru_cache(maxsize=64)
+def _schema_of(columns: tuple[tuple[str, str], ...]) -> dg.TableSchema:
+    return dg.TableSchema(columns=[dg.TableColumn(name, dtype) for name, dtype in columns])
+
+
 def _table_schema(frame: pl.DataFrame) -> dg.TableSchema:
-    return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()])
+    """The frame's schema as Dagster metadata (built once per distinct schema: every partition of a run shares it)."""
+    return _schema_of(tuple((name, str(dtype)) for name, dtype in frame.schema.items()))
 
 
 def commit_metadata(result: CommitResult, frame: pl.DataFrame, store: VersionedStore) -> dict:
@@ -74,7 +82,6 @@ class FeatureStoreIOManager(dg.ConfigurableIOManager):
                                          config_hash=config_hash, info=info, lineage=lineage)
         for result in results:
             key, frame = result.partition, frames[result.partition]
-            context.log.debug(f"{feature} {key}: {result.bump} → version {result.version} ({result.rows} rows)")
             metadata = commit_metadata(result, frame, store)
             if len(partition_keys) == 1:
                 context.add_output_metadata(metadata)
