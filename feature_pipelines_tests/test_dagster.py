@@ -97,8 +97,9 @@ def test_asset_carries_spec_fields_and_blocking_checks(project: Path) -> None:
     assert spec.code_version == _registry(project / "events.parquet").feature("spend").config_hash
     assert isinstance(asset.partitions_def, dg.DailyPartitionsDefinition)
     checks = {c.name: c for c in asset.check_specs}
-    assert set(checks) == {"amount__greater_than_or_equal", "customer_id__not_null"}
-    assert all(c.blocking for c in checks.values())
+    assert set(checks) == {"amount__greater_than_or_equal", "customer_id__not_null", "drift"}
+    assert all(c.blocking for n, c in checks.items() if n != "drift") and not checks["drift"].blocking
+    assert all(isinstance(c.partitions_def, dg.DailyPartitionsDefinition) for c in checks.values())
     assert defs.resolve_schedule_def("spend_job_schedule").cron_schedule == "0 1 * * *"
 
 
@@ -203,7 +204,7 @@ def test_webserver_shows_every_feature_with_partitions_metadata_and_checks(proje
         proc.wait(timeout=30)
     nodes = {n["assetKey"]["path"][-1]: n for n in body["data"]["assetNodes"]}
     registry = load_registry("feature_pipelines.defs")
-    assert set(nodes) == {*registry.features, "training_set"}
+    assert set(nodes) == {*registry.features, "training_set", "transactions"}  # the source: sources/transactions
     for name, feature in registry.features.items():
         node = nodes[name]
         assert node["partitionDefinition"]["description"].startswith(feature.granularity.capitalize())
@@ -211,6 +212,7 @@ def test_webserver_shows_every_feature_with_partitions_metadata_and_checks(proje
         labels = {m["label"] for m in node["metadataEntries"]}
         assert {"feature_pipelines/keys", "feature_pipelines/config_hash", "entities", "source"} <= labels
         checks = {c["name"]: c["blocking"] for c in node["assetChecksOrError"]["checks"]}
+        assert checks.pop("drift") is False
         assert set(checks) == {f"{column}__{v.rule.split('(')[0]}" for column, rules in feature.validators.items() for v in rules} and all(checks.values())
 
 

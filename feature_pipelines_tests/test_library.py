@@ -129,7 +129,7 @@ def test_two_prefixed_feature_sets_and_the_users_own_assets_share_one_code_locat
     defs = dg.Definitions.merge(*sets.values(), dg.Definitions(assets=[users_own_asset], jobs=[users_job]))
     repo = defs.get_repository_def()  # validates: raises on any duplicate name
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
-    assert keys == {"eu/store_sales", "us/store_sales", "store_sales"}
+    assert keys == {"eu/store_sales", "us/store_sales", "store_sales", "eu/sources/orders", "us/sources/orders"}
     assert {"eu__store_sales_job", "us__store_sales_job", "eu__publish_online", "us__publish_online", "publish_online"} <= set(repo.job_names)
     assert {s.name for s in repo.sensor_defs} == {"eu__online_publish_sensor", "us__online_publish_sensor"}
     assert {"eu__feature_store", "eu__offline_store", "eu__online_store", "us__feature_store"} <= set(repo.get_top_level_resources())

@@ -22,13 +22,14 @@ from feature_pipelines.engine import Engine, PolarsEngine  # noqa: E402
 from feature_pipelines.errors import DefinitionError  # noqa: E402
 from feature_pipelines.orchestration.assets import build_feature_asset, build_job_and_schedule  # noqa: E402
 from feature_pipelines.orchestration.io_manager import FeatureStoreIOManager  # noqa: E402
+from feature_pipelines.orchestration.lineage import build_source_asset, source_key  # noqa: E402
 from feature_pipelines.orchestration.names import Names  # noqa: E402
 from feature_pipelines.orchestration.publish import build_publish_job, build_publish_sensor  # noqa: E402
 from feature_pipelines.orchestration.resources import OfflineStoreResource, OnlineStoreResource  # noqa: E402
 from feature_pipelines.registry import Registry, load_registry, project_registry  # noqa: E402
 from feature_pipelines.spec.feature import Feature, FeatureService  # noqa: E402
 
-Automation = Literal["schedule", "on_cron", "none"]
+Automation = Literal["schedule", "on_cron", "eager", "none"]
 ENGINES = ("polars",)
 _CRON = {"hourly": "5 * * * *", "daily": "0 1 * * *", "weekly": "0 1 * * 0", "monthly": "0 1 1 * *"}
 
@@ -75,7 +76,9 @@ def build_defs(
     `profile`, else those of the active profile ($FEATURE_PIPELINES_PROFILE, else dev). `prefix` goes in
     front of every name this adds (see `Names`), so several feature sets share a code location.
     `automation`: a schedule per feature (stopped until turned on: "schedule"), an `on_cron`
-    automation condition per asset ("on_cron"), or nothing ("none").
+    automation condition per asset ("on_cron": the newest partition after it closes), `eager` ("eager":
+    also whenever the feature's source asset reports a new data version), or nothing ("none"). Each
+    source is an observable asset upstream of its features (`sources/<name>`).
 
     Settings are checked here, at load time (`dg check defs` fails with the cause), not after a compute.
     """
@@ -93,12 +96,15 @@ def build_defs(
                                   f"(e.g. {'LocalStoreResource' if role is OfflineStoreResource else 'SQLiteOnlineStoreResource'}()), "
                                   f"got {type(resource).__name__}")
         resource.check()
-    if automation not in ("schedule", "on_cron", "none"):
-        raise DefinitionError(f"automation {automation!r} is not supported; expected 'schedule', 'on_cron' or 'none'")
+    if automation not in ("schedule", "on_cron", "eager", "none"):
+        raise DefinitionError(f"automation {automation!r} is not supported; expected 'schedule', 'on_cron', 'eager' or 'none'")
     engine = engine_named(engine)
     assets, jobs, schedules = [], [], []
+    sources = {}
     for feature in registry.features.values():
-        condition = dg.AutomationCondition.on_cron(_CRON[feature.granularity]) if automation == "on_cron" else None
+        sources.setdefault(source_key(feature.source, names), feature.source)
+        condition = (dg.AutomationCondition.on_cron(_CRON[feature.granularity]) if automation == "on_cron"
+                     else dg.AutomationCondition.eager() if automation == "eager" else None)
         assets.append(build_feature_asset(feature, engine, names, group, condition))
         job, schedule = build_job_and_schedule(feature, names)
         jobs.append(job)
@@ -107,7 +113,7 @@ def build_defs(
     publish = build_publish_job(registry, names)
     jobs.append(publish)
     return dg.Definitions(
-        assets=assets,
+        assets=[*assets, *(build_source_asset(source, names) for source in sources.values())],
         jobs=jobs,
         schedules=schedules,
         sensors=[build_publish_sensor(registry, publish, names)],

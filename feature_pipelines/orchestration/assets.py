@@ -11,7 +11,9 @@ import polars as pl
 
 from feature_pipelines.engine import Engine, PolarsEngine
 from feature_pipelines.engine.source_reader import TS, read_events
+from feature_pipelines.orchestration.lineage import column_lineage, column_schema, freshness_policy, source_key
 from feature_pipelines.orchestration.names import Names
+from feature_pipelines.orchestration.statistics import BASELINE, DRIFT_WARN, MIN_VALUES, drift, partition_statistics
 from feature_pipelines.spec.durations import duration_label, parse_duration
 from feature_pipelines.spec.feature import FEATURE_TIMESTAMP, Feature
 from feature_pipelines.spec.granularity import epoch_us
@@ -167,11 +169,15 @@ def build_feature_asset(feature: Feature, engine: Engine | None = None, names: N
     """
     engine = engine or PolarsEngine()
     key = names.asset_key(feature.name)
+    upstream = source_key(feature.source, names)
     pdef = partitions_def(feature)
     specs = [
         dg.AssetCheckSpec(name=name, asset=key, blocking=True, description=f"{column} {v.description}", partitions_def=pdef)
         for name, column, v in checks_of(feature)
     ]
+    specs.append(dg.AssetCheckSpec(
+        name=DRIFT_CHECK, asset=key, blocking=False, partitions_def=pdef,
+        description=f"Warns when a partition's values drift from the {BASELINE} partitions before it (PSI >= {DRIFT_WARN} on a column)"))
     windows = sorted({duration_label(w) for m in feature.rolling for w in m.window_us}, key=lambda s: parse_duration(s))
     metadata = {
         "feature_pipelines/keys": feature.join_keys,
@@ -184,6 +190,8 @@ def build_feature_asset(feature: Feature, engine: Engine | None = None, names: N
         "entities": ", ".join(e.name for e in feature.entities),
         "source": feature.source.path,
         "windows": ", ".join(windows) or "-",
+        "dagster/column_schema": column_schema(feature),
+        "dagster/column_lineage": column_lineage(feature, upstream),
     }
     spec = dg.AssetSpec(
         key=key,
@@ -196,6 +204,8 @@ def build_feature_asset(feature: Feature, engine: Engine | None = None, names: N
         tags=dict(feature.tags),
         kinds={"polars", "parquet"},
         partitions_def=pdef,
+        deps=[upstream],
+        freshness_policy=freshness_policy(feature),
     ).with_io_manager_key(names.io_manager)
 
     # A multi_asset only to make the checks subsettable (can_subset), which a plain @asset cannot.
@@ -206,6 +216,7 @@ def build_feature_asset(feature: Feature, engine: Engine | None = None, names: N
         partitions_def=pdef,
         backfill_policy=dg.BackfillPolicy.single_run(),
         can_subset=True,
+        required_resource_keys={names.offline_store},
     )
     def _asset(context):  # AssetExecutionContext (string annotations are not accepted here)
         partition_keys = list(context.partition_keys)
@@ -215,7 +226,7 @@ def build_feature_asset(feature: Feature, engine: Engine | None = None, names: N
         fingerprint = lineage_fingerprint(feature, engine)
         frames = engine.compute(feature, partition_keys)
         selected = {c.name for c in context.selected_asset_check_keys}
-        outcomes = [o for o in run_checks(feature, frames) if o.check_name in selected]
+        outcomes = [o for o in run_checks(feature, frames) if o.check_name in selected]  # the drift check is not a validator
         for outcome in outcomes:
             context.log_event(dg.AssetCheckEvaluation(
                 asset_key=key, check_name=outcome.check_name, passed=outcome.passed, metadata=outcome.metadata,
@@ -230,10 +241,49 @@ def build_feature_asset(feature: Feature, engine: Engine | None = None, names: N
                 metadata={**{f"{o.check_name} {o.partition}": o.description for o in shown},
                           **{f"{o.check_name} {o.partition} sample": o.metadata["sample"] for o in shown}},
             )
+        if DRIFT_CHECK in selected:
+            store = getattr(context.resources, names.offline_store).store()
+            for outcome in drift(frames, feature.join_keys, _history(store, feature, partition_keys[0])):
+                context.log_event(_drift_evaluation(key, outcome))
         if key in context.selected_asset_keys:
+            for partition, stats in partition_statistics(frames, feature.join_keys).items():
+                context.add_asset_metadata(stats, asset_key=key, partition_key=partition)
             yield dg.Output(frames, output_name=key.to_python_identifier(), metadata={"source_fingerprint": fingerprint or "unknown"})
 
     return _asset
+
+
+DRIFT_CHECK = "drift"
+
+
+def _history(store, feature: Feature, first: str) -> list[pl.DataFrame]:
+    """The newest version's BASELINE stored partitions just before `first`, oldest first (for the drift baseline)."""
+    manifest = store.latest(feature.name)
+    if manifest is None:
+        return []
+    before = sorted(k for k in manifest["partitions"] if k < first)[-BASELINE:]
+    if not before:
+        return []
+    columns = [c["name"] for c in manifest["columns"]]
+    frame = store.read(feature.name, manifest["version"], before, columns)
+    ts = manifest["timestamp_column"]
+    return list(frame.partition_by(ts, maintain_order=True)) if feature.kind != "rows" else [frame]
+
+
+def _drift_evaluation(key: dg.AssetKey, outcome) -> dg.AssetCheckEvaluation:
+    worst = outcome.worst
+    if worst is None:
+        description = ("no baseline yet: no earlier partition to compare with" if not outcome.baseline
+                       else f"not judged: fewer than {MIN_VALUES} values per column in the partition or its baseline")
+    else:
+        description = (f"{'stable' if outcome.passed else 'drifted'}: largest PSI {worst[1]:.3f} on {worst[0]} "
+                       f"against the {outcome.baseline} partition(s) before {outcome.partition}")
+    top = dict(sorted(outcome.psi.items(), key=lambda kv: -kv[1])[:5])
+    return dg.AssetCheckEvaluation(
+        asset_key=key, check_name=DRIFT_CHECK, passed=outcome.passed, severity=dg.AssetCheckSeverity.WARN, blocking=False,
+        target_materialization_data=None, partition=outcome.partition, description=description,
+        metadata={"psi_max": worst[1] if worst else 0.0, "column": worst[0] if worst else "", "baseline_partitions": outcome.baseline,
+                  **{f"psi {c}": v for c, v in top.items()}})
 
 
 def build_job_and_schedule(feature: Feature, names: Names = Names()) -> tuple[dg.UnresolvedAssetJobDefinition, dg.ScheduleDefinition]:

@@ -12,7 +12,7 @@ writes `defs/feature_store/defs.yaml`::
       # prefix: fraud        # in front of every asset key, job, sensor and resource key this adds
       # group: features      # the asset group of every feature (default: each feature's own)
       # engine: polars
-      # automation: schedule # schedule (stopped until turned on) | on_cron | none
+      # automation: schedule # schedule (stopped until turned on) | on_cron | eager | none
 
 Store mappings are exactly a profile's (`kind` + the resource's fields, `${VAR}` from the environment,
 secrets kept as `dg.EnvVar`); relative paths resolve against the project root. It all resolves to the
@@ -71,8 +71,9 @@ class FeatureStoreComponent(dg.Component, dg.Resolvable, dg.Model):
     prefix: str = Field(default="", description="Put in front of every asset key, job, sensor and resource key this component adds.")
     group: str | None = Field(default=None, description="Asset group of every feature (default: each feature's own `group`).")
     engine: Literal["polars"] = Field(default="polars", description="The engine that computes partitions.")
-    automation: Literal["schedule", "on_cron", "none"] = Field(
-        default="schedule", description="A schedule per feature (stopped until turned on), an on_cron automation condition, or none.")
+    automation: Literal["schedule", "on_cron", "eager", "none"] = Field(
+        default="schedule", description="A schedule per feature (stopped until turned on), an on_cron automation condition, "
+                                        "eager (also when the source changes), or none.")
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         from feature_pipelines.orchestration import build_defs

@@ -19,16 +19,34 @@ from feature_pipelines.store.versioned import CommitResult, VersionedStore
 
 
 @functools.lru_cache(maxsize=64)
-def _schema_of(columns: tuple[tuple[str, str], ...]) -> dg.TableSchema:
-    return dg.TableSchema(columns=[dg.TableColumn(name, dtype) for name, dtype in columns])
+def _schema_of(columns: tuple[tuple[str, str], ...], described: tuple[tuple[str, str], ...]) -> dg.TableSchema:
+    descriptions = dict(described)
+    return dg.TableSchema(columns=[dg.TableColumn(name, dtype, description=descriptions.get(name)) for name, dtype in columns])
 
 
-def _table_schema(frame: pl.DataFrame) -> dg.TableSchema:
-    """The frame's schema as Dagster metadata (built once per distinct schema: every partition of a run shares it)."""
-    return _schema_of(tuple((name, str(dtype)) for name, dtype in frame.schema.items()))
+def _table_schema(frame: pl.DataFrame, declared: dg.TableSchema | None = None) -> dg.TableSchema:
+    """The frame's schema as Dagster metadata, with the column descriptions the asset declares (built once per
+    distinct schema: every partition of a run shares it)."""
+    described = tuple((c.name, c.description) for c in declared.columns if c.description) if declared else ()
+    return _schema_of(tuple((name, str(dtype)) for name, dtype in frame.schema.items()), described)
 
 
-def commit_metadata(result: CommitResult, frame: pl.DataFrame, store: VersionedStore) -> dict:
+def version_history(store: VersionedStore, feature: str, limit: int = 10) -> dg.TableMetadataValue:
+    """The feature's newest versions: version, bump, reason, partitions, rows, created and updated (UTC)."""
+    schema = dg.TableSchema(columns=[dg.TableColumn(c, t) for c, t in (
+        ("version", "string"), ("bump", "string"), ("reason", "string"), ("partitions", "int"), ("rows", "int"),
+        ("created_at", "string"), ("updated_at", "string"))])
+    records = []
+    for version in sorted(store.versions(feature), key=lambda v: tuple(int(p) for p in v.split(".")), reverse=True)[:limit]:
+        m = store.manifest(feature, version)
+        change = m.get("change") or {}
+        records.append(dg.TableRecord({"version": version, "bump": str(change.get("bump", "")), "reason": str(change.get("reason", "")),
+                                       "partitions": len(m["partitions"]), "rows": int(m["row_count"]),
+                                       "created_at": str(m.get("created_at", "")), "updated_at": str(m.get("updated_at", ""))}))
+    return dg.MetadataValue.table(records, schema)
+
+
+def commit_metadata(result: CommitResult, frame: pl.DataFrame, store: VersionedStore, declared: dg.TableSchema | None = None) -> dict:
     """What the UI shows on a feature partition's materialization (no secrets: URIs carry no credentials)."""
     return {
         "version": result.version,
@@ -40,7 +58,7 @@ def commit_metadata(result: CommitResult, frame: pl.DataFrame, store: VersionedS
         "partition": result.partition,
         "store": store.description,
         "dagster/row_count": result.rows,
-        "dagster/column_schema": _table_schema(frame),
+        "dagster/column_schema": _table_schema(frame, declared),
         "dagster/uri": dg.MetadataValue.path(result.uri),
     }
 
@@ -80,9 +98,13 @@ class FeatureStoreIOManager(dg.ConfigurableIOManager):
         info = {"granularity": meta.get("feature_pipelines/granularity"), "ttl": meta.get("feature_pipelines/ttl")}
         results = store.write_partitions(feature, {k: frames[k] for k in partition_keys}, keys=keys, timestamp=timestamp,
                                          config_hash=config_hash, info=info, lineage=lineage)
-        for result in results:
+        declared = meta.get("dagster/column_schema")
+        history = version_history(store, feature) if results else None
+        for i, result in enumerate(results):
             key, frame = result.partition, frames[result.partition]
-            metadata = commit_metadata(result, frame, store)
+            metadata = commit_metadata(result, frame, store, declared if isinstance(declared, dg.TableSchema) else None)
+            if i == len(results) - 1:
+                metadata["version_history"] = history  # on the run's newest materialization: what the asset page shows
             if len(partition_keys) == 1:
                 context.add_output_metadata(metadata)
             else:

@@ -58,6 +58,7 @@ class Feature:
     ttl: str | timedelta | None = None
     online: bool = False
     group: str = "features"
+    freshness: str | timedelta | None = None
 
     def __post_init__(self) -> None:
         check_identifier(self.name, "feature name")
@@ -78,6 +79,8 @@ class Feature:
             object.__setattr__(self, "end", parse_start(self.end))
         if self.ttl is not None:
             parse_duration(self.ttl, what=f"ttl of feature {self.name!r}")
+        if self.freshness is not None:
+            parse_duration(self.freshness, what=f"freshness of feature {self.name!r}")
         kinds = {type(m) for m in self.metrics}
         if not kinds <= {Rolling, Latest}:
             raise DefinitionError(f"feature {self.name!r}: metrics must be Rolling(...) or Latest(...)")
@@ -139,6 +142,15 @@ class Feature:
         if self.latest:
             cols += [out for m in self.latest for _, out in m.outputs()] + ["latest_event_timestamp"]
         return cols
+
+    @property
+    def freshness_us(self) -> int:
+        """How old the newest materialization may get before the feature is stale: `freshness`, else two
+        intervals of its granularity (the interval that is open now, plus one to compute the closed one)."""
+        if self.freshness is not None:
+            return parse_duration(self.freshness)
+        interval = {"hourly": 3_600, "daily": 86_400, "weekly": 7 * 86_400, "monthly": 31 * 86_400}[self.granularity]
+        return 2 * interval * 1_000_000
 
     @property
     def ttl_us(self) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import polars as pl
 import xxhash
 
 from feature_pipelines.errors import DataError, DefinitionError
+from feature_pipelines.spec.names import check_identifier
 
 FORMATS = ("parquet", "csv", "delta")
 
@@ -25,6 +27,7 @@ class Source:
     timestamp: str = "timestamp"
     format: str | None = None  # inferred from the path's suffix when not given
     base: str | None = None  # folder a relative `path` is resolved against (relative: under the project root); not part of the identity
+    name: str | None = None  # the source's asset name in Dagster (default: the file or folder name, e.g. `transactions`)
 
     def __post_init__(self) -> None:
         fmt = self.format or _infer_format(self.location)
@@ -33,6 +36,14 @@ class Source:
         object.__setattr__(self, "format", fmt)
         if not isinstance(self.timestamp, str) or not self.timestamp:
             raise DefinitionError(f"source {self.path!r}: timestamp must name a column")
+
+    @property
+    def asset_name(self) -> str:
+        """The source's name as a Dagster asset: `name`, else the path's file or folder name without its suffix."""
+        if self.name:
+            return check_identifier(self.name, "source name")
+        stem = self.path.rstrip("/").rsplit("/", 1)[-1].split("*")[0].split(".")[0]
+        return re.sub(r"[^A-Za-z0-9_]", "_", stem).strip("_") or "source"
 
     @property
     def location(self) -> str:
