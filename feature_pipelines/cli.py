@@ -176,6 +176,10 @@ def build(registry: Registry, names: list[str] | None, tags: list[str] | None, s
             version = mats[-1].metadata["version"].value if mats else "?"
             empty = sum(1 for m in mats if m.metadata["dagster/row_count"].value == 0)
             print(f" → {version} ({', '.join(bumps)}{f'; {empty} partition(s) with no rows' if empty else ''}) in {time.perf_counter() - t0:.1f}s")
+            if {"minor", "major"} & set(bumps):
+                held = sorted(store.manifest(feature.name, version)["partitions"])
+                print(f"    {feature.name} {version} is a new version and starts empty: it holds {len(held)} partition(s), {held[0]} … {held[-1]}. "
+                      f"Training and serving read it from now on; backfill the rest with: feature-pipelines build --features {feature.name}")
             summary.append({"feature": feature.name, "version": version, "partitions": len(keys), "run_id": result.run_id})
     return summary
 

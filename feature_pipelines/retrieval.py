@@ -13,6 +13,7 @@ compared at microsecond precision.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -175,13 +176,18 @@ class FeatureStore:
 
     # ---- training --------------------------------------------------------------------------
 
-    def get_training_data(self, features, entity_df, timestamp: str = "label_time") -> pl.DataFrame:
+    def get_training_data(self, features, entity_df, timestamp: str = "label_time", *, strict: bool = False) -> pl.DataFrame:
         """The input rows, in input order and untouched, plus `<feature>__<column>` values as of each row's time.
 
         `features`: names, 'name@1.2.0' pins (default newest version), 'name:column' subsets,
         Features or FeatureServices. `entity_df` (polars or pandas) holds `timestamp` and each
         feature's join keys, or the PII columns of an entity with `from_columns`.
         Only the requested columns are read, and only partitions that can match the label times.
+
+        Coverage: a label at time t needs the partition that closed last before t. When the version read
+        has not materialized that partition (a new MINOR/MAJOR version starts empty), the row's values are
+        null or older than they should be: a `CoverageWarning` says, per feature, how many label rows that
+        is and how to backfill; with `strict=True` it is a DataError instead.
         """
         labels = _as_polars(entity_df)
         requests = self._resolve(features)
@@ -219,6 +225,7 @@ class FeatureStore:
             clash = [c for c in names if c in labels.columns]
             if clash:
                 raise DataError(f"entity_df already has column(s) {clash}; rename them, they would collide with feature values")
+            _check_coverage(feature, manifest, ts_sorted, strict)
             keys = list(manifest["keys"])
             ttl_us = feature.ttl_us
             rows = self._rows_for(feature, manifest, keys, columns, lo, hi, ttl_us)
@@ -252,6 +259,8 @@ class FeatureStore:
         try:
             rows = frame.select(select).collect()
         except (OSError, pl.exceptions.ComputeError) as err:
+            if hasattr(self.offline, "read_failure"):  # names the damaged file and its repair
+                raise self.offline.read_failure(feature.name, manifest, wanted, err) from None
             raise StoreError(
                 f"feature {feature.name!r} version {manifest['version']}: a data file could not be read ({err}); "
                 "if data files are missing after a clone, run `feature-pipelines sync`"
@@ -259,6 +268,46 @@ class FeatureStore:
         if not rows["__ft"].is_sorted():
             rows = rows.sort("__ft", maintain_order=True)
         return rows
+
+
+class CoverageWarning(UserWarning):
+    """Label rows fall on partitions the feature version read has not materialized: their values are null or older."""
+
+
+def _check_coverage(feature: Feature, manifest: dict, label_us: pl.Series, strict: bool) -> None:
+    """Warn (or, strict, raise) when label rows need partitions the version has not materialized."""
+    grain = feature.grain
+    first, last = feature.start, feature.end
+    have = manifest["partitions"]
+    # Label times to the start of their interval, vectorised (Dagster's weeks start on Sunday, polars' on Monday).
+    moments = pl.from_epoch(label_us.drop_nulls(), time_unit="us").dt.replace_time_zone("UTC")
+    every = {"hourly": "1h", "daily": "1d", "weekly": "1w", "monthly": "1mo"}[feature.granularity]
+    shift = pl.duration(days=1) if feature.granularity == "weekly" else pl.duration(days=0)
+    floors = moments.to_frame("t").select(((pl.col("t") + shift).dt.truncate(every) - shift).alias("floor")).group_by("floor").len()
+    missing: dict[str, int] = {}
+    for start, n in floors.iter_rows():
+        closed = _previous(grain, start)  # the interval that closed last before the label: its row is the one wanted
+        key = grain.key(closed)
+        if closed >= first and (last is None or closed < last) and key not in have:
+            missing[key] = missing.get(key, 0) + n
+    if not missing:
+        return
+    rows = sum(missing.values())
+    span = f"{min(missing)} … {max(missing)}"
+    held = f"{min(have)} … {max(have)} ({len(have)} partitions)" if have else "no partition yet"
+    message = (f"feature {feature.name!r} version {manifest['version']}: {rows} of {len(label_us)} label row(s) need partitions it has "
+               f"not materialized ({len(missing)} partition(s), {span}; it holds {held}), so their values are null or older than "
+               f"they should be. Backfill them: feature-pipelines build --features {feature.name} --start {min(missing)} --end {max(missing)}")
+    if strict:
+        raise DataError(message)
+    warnings.warn(message, CoverageWarning, stacklevel=3)
+
+
+def _previous(grain, start):
+    """The start of the interval just before the one starting at `start`."""
+    from datetime import timedelta
+
+    return grain.floor(start - timedelta(microseconds=1))
 
 
 def _as_polars(frame) -> pl.DataFrame:

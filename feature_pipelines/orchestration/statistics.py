@@ -29,7 +29,8 @@ def numeric_columns(frame: pl.DataFrame, exclude: set[str]) -> list[str]:
 
 
 def _stacked(frames: list[pl.DataFrame]) -> pl.DataFrame:
-    return pl.concat([f.with_columns(pl.lit(i, pl.Int32).alias(_PART)) for i, f in enumerate(frames)], how="vertical_relaxed")
+    # diagonal: a baseline read from an older version may lack (or have extra) columns; they are simply not compared
+    return pl.concat([f.with_columns(pl.lit(i, pl.Int32).alias(_PART)) for i, f in enumerate(frames)], how="diagonal_relaxed")
 
 
 def _sample(stacked: pl.DataFrame) -> pl.DataFrame:
