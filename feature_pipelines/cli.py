@@ -227,32 +227,117 @@ def features_table(registry: Registry, tags: list[str] | None, profile: str | No
 
 
 def sync(registry: Registry, profile: str | None) -> None:
-    """Recompute data files the metadata references but the disk lacks (e.g. after a git clone), verifying hashes."""
+    """Verify every data file the committed versions reference (present, readable, content hash as committed) and rebuild
+    the missing or damaged ones the current definition reproduces exactly; one line per problem, per feature a summary,
+    and a StoreError at the end when something could not be rebuilt or checked."""
     from feature_pipelines.engine import PolarsEngine
-    from feature_pipelines.store.versioned import _parquet_bytes, content_hash
+    from feature_pipelines.errors import StoreError
 
     store = load_profile(profile).offline_store()
+    store.blobs  # noqa: B018 - a store without data files (Unity Catalog) says so here
     engine = PolarsEngine()
+    unread, failed = [], []
     for name in store.features():
+        try:
+            checks = store.check_files(name)
+        except FeaturePipelinesError as err:
+            print(f"  {name}: {str(err).removeprefix(f'feature {name!r}: ')}")
+            unread.append(name)
+            continue
         feature = registry.features.get(name)
-        for version in store.versions(name):
-            manifest = store.manifest(name, version)
-            missing = [k for k, e in manifest["partitions"].items() if not store.blobs.exists(f"{name}/{e['file']}")]
-            if not missing:
-                continue
-            if feature is None or feature.config_hash != manifest["config_hash"]:
-                print(f"  {name} {version}: {len(missing)} file(s) missing, but the current definition differs; skipped")
-                continue
-            fixed = 0
-            for key in missing:
-                frame = engine.compute(feature, [key])[key]
-                entry = manifest["partitions"][key]
-                if content_hash(frame) != entry["content_hash"]:
-                    print(f"  {name} {version} {key}: recomputed data differs from the committed hash; not restored")
-                    continue
-                store.blobs.put(f"{name}/{entry['file']}", _parquet_bytes(frame))
-                fixed += 1
-            print(f"  {name} {version}: restored {fixed} of {len(missing)} missing file(s)")
+        damaged = [c for c in checks if c.status in ("missing", "unreadable", "corrupt")]
+        why: dict[str, str] = {}  # path -> why it was not rebuilt
+        if damaged and feature is None:
+            why = {c.path: f"no feature {name!r} in this project" for c in damaged}
+        elif damaged:
+            why = {c.path: f"the current definition of {name} differs from the one that committed it (config "
+                           f"{c.config_hash} → {feature.config_hash}); rebuild with `feature-pipelines build --features {name}`"
+                   for c in damaged if c.config_hash != feature.config_hash}
+            frames: dict = {}
+            for run in _consecutive(feature, sorted({c.partition for c in damaged if c.path not in why})):
+                try:
+                    frames.update(engine.compute(feature, run))  # one pass per run of consecutive partitions
+                except (FeaturePipelinesError, OSError, pl.exceptions.PolarsError) as err:
+                    cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                    why.update({c.path: f"computing it failed: {cause}" for c in damaged if c.partition in run})
+            for check in damaged:
+                if check.path not in why:
+                    reason = store.restore_file(check, frames[check.partition])
+                    if reason:
+                        why[check.path] = reason
+        counts = {"rebuilt": 0, "not rebuilt": 0, "of an older hash format (not verified)": 0, "verified": 0}
+        for check in checks:
+            where = f"  {name} {check.partition} ({', '.join(check.versions)}): "
+            if check.status == "ok":
+                counts["verified"] += 1
+            elif check.status == "old_format":
+                counts["of an older hash format (not verified)"] += 1
+                print(where + check.detail)
+            elif check.path in why:
+                counts["not rebuilt"] += 1
+                failed.append((check, why[check.path]))
+                print(f"{where}{check.detail}; not rebuilt: {why[check.path]}")
+            else:
+                counts["rebuilt"] += 1
+                print(f"{where}{check.detail} → rebuilt")
+        for version in sorted({v for c in checks if c.status == "missing" for v in c.versions}, key=lambda v: [int(x) for x in v.split(".")]):
+            missing = [c for c in checks if c.status == "missing" and version in c.versions]
+            print(f"  {name} {version}: restored {sum(c.path not in why for c in missing)} of {len(missing)} missing file(s)")
+        summary = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
+        print(f"  {name}: {len(checks)} data file(s) checked, {'all verified' if counts['verified'] == len(checks) else summary}")
+    problems = []
+    if failed:
+        check, reason = failed[0]
+        problems.append(f"{len(failed)} data file(s) could not be rebuilt: {check.uri} ({check.detail}; {reason})"
+                        + (f" and {len(failed) - 1} more" if len(failed) > 1 else ""))
+    if unread:
+        problems.append(f"the metadata of {', '.join(unread)} cannot be read (see above)")
+    if problems:
+        raise StoreError(f"sync: {'; '.join(problems)}")
+
+
+def _consecutive(feature, keys: list[str]) -> list[list[str]]:
+    """Sorted partition keys of `feature` split into runs of consecutive partitions (what the engine computes in one pass)."""
+    grain, runs = feature.grain, []
+    try:
+        for key in keys:
+            if runs and grain.next(grain.parse_key(runs[-1][-1])) == grain.parse_key(key):
+                runs[-1].append(key)
+            else:
+                runs.append([key])
+    except FeaturePipelinesError:  # keys that are not time partitions: one at a time
+        return [[key] for key in keys]
+    return runs
+
+
+def _duration(text: str):
+    """'90s', '30m', '1h', '2d', '0s' or a number of seconds, as a timedelta."""
+    import re
+    from datetime import timedelta
+
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not found:
+        raise FeaturePipelinesError(f"--older-than {text!r} is not a duration: give e.g. 1h, 30m, 90s, 2d or 0s")
+    return timedelta(seconds=float(found.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[found.group(2)])
+
+
+def gc(names: list[str] | None, older_than: str, dry_run: bool, profile: str | None) -> None:
+    """Remove what killed or outraced writers left in the offline store: temp files and data files no version references,
+    older than `older_than` (rules: feature_pipelines/store/cleanup.py); print each one."""
+    grace = _duration(older_than)
+    store = load_profile(profile).offline_store()
+    store.blobs  # noqa: B018 - a store without data files (Unity Catalog) says so here
+    removed = store.collect_garbage(names, older_than=grace, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    now = time.time()
+    for leftover in removed:
+        age = (now - leftover.modified.timestamp()) / 3600
+        print(f"  {verb} {leftover.path} ({leftover.reason}, {age:.1f} h old, {leftover.size} bytes)")
+    if removed:
+        print(f"  {verb} {len(removed)} file(s), {sum(r.size for r in removed)} bytes, from {store.description}")
+    else:
+        print(f"  nothing to remove in {store.description} (leftovers younger than {older_than} are kept: a writer may "
+              "still be using them)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -304,12 +389,17 @@ def _parser() -> argparse.ArgumentParser:
     p_serve.add_argument("--store-timeout", type=float, default=5.0, help="seconds to answer from the store, else 503 (default 5)")
     p_serve.add_argument("--graceful-timeout", type=float, default=10.0,
                          help="on SIGTERM/SIGINT, seconds to finish requests in flight (default 10)")
-    p_serve.add_argument("--limit-concurrency", type=int, help="connections + requests per worker before answering 503 (default: no limit)")
+    p_serve.add_argument("--max-in-flight", type=int, help="requests in progress per worker before answering 503 at once (default: no limit)")
     p_serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (with --tls-key)")
     p_serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p_serve.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     command("profile", "show the resolved profile (secrets masked)")
-    command("sync", "rebuild data files missing on disk from committed metadata")
+    command("sync", "verify data files against the metadata; rebuild missing or damaged ones")
+    p_gc = command("gc", "remove temp files and data files no version references, left by killed or outraced writers")
+    p_gc.add_argument("--features", help="comma-separated feature names (default: every feature folder)")
+    p_gc.add_argument("--older-than", default="1h",
+                      help="only files last written longer ago than this, e.g. 30m, 2h, 0s (default 1h: a writer still running is never hit)")
+    p_gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     return parser
 
 
@@ -376,7 +466,7 @@ def _run(args) -> int:
                                max_batch=args.max_batch, max_body=args.max_body, backlog=args.backlog,
                                keep_alive_timeout=args.keep_alive_timeout, request_timeout=args.request_timeout,
                                store_timeout=args.store_timeout, graceful_timeout=args.graceful_timeout,
-                               limit_concurrency=args.limit_concurrency, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                               max_in_flight=args.max_in_flight, tls_cert=args.tls_cert, tls_key=args.tls_key,
                                log_level=args.log_level)
         serve(options, on_listening=lambda url: print(
             f"serving online features from {where} on {url} ({args.workers} worker(s) x {args.threads} store threads)", flush=True))
@@ -386,6 +476,8 @@ def _run(args) -> int:
                           "project": str(find_project().root), "settings": profile.masked()}, indent=2))
     elif args.command == "sync":
         sync(registry, args.profile)
+    elif args.command == "gc":
+        gc(args.features.split(",") if args.features else None, args.older_than, args.dry_run, args.profile)
     return 0
 
 

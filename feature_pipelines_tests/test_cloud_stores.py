@@ -293,6 +293,15 @@ if args.get("mode") == "exit_in_commit":  # die after the data file is put, at t
             os._exit(17)
         return real_create(path, data)
     blobs.swap, blobs.create = swap, create
+elif args.get("mode") == "hang_at_commit":  # stall at the commit of _latest.json until SIGKILLed
+    blobs = store.blobs
+    real_swap = blobs.swap
+    def swap(path, data, token):
+        if path.endswith("_latest.json"):
+            Path(args["signal"]).write_text("at commit")
+            time.sleep(120)
+        return real_swap(path, data, token)
+    blobs.swap = swap
 jobs = [(partition, pl.read_parquet(path)) for partition, path in args["jobs"]]
 if "sync" in args:  # start barrier: announce readiness, then wait for the go file
     sync = Path(args["sync"])
@@ -766,3 +775,107 @@ def test_gcs_store_from_dagster_gcs_resource(gcs, backends, monkeypatch):
     frame = make_frame("a")
     assert write(store, "2024-01-01", frame).bump == "initial"
     assert_same_rows(store.read(FEATURE), frame)
+
+
+# ---- 7. damaged stores: one error naming the object; leftovers of killed writers ---------------------------
+
+
+def test_corrupt_latest_json_is_one_store_error_naming_the_object(backend):
+    store = backend.new_store()
+    write(store, "a", make_frame("a"))
+    good = store.blobs.read(f"{FEATURE}/_latest.json")[0]
+    store.blobs.put(f"{FEATURE}/_latest.json", good[: len(good) // 2])
+    before = backend.keys(store)
+    where = store.blobs.uri(f"{FEATURE}/_latest.json")
+    for call in (lambda: store.latest(FEATURE), lambda: store.read(FEATURE), lambda: store.versions(FEATURE),
+                 lambda: write(store, "b", make_frame("b"))):
+        with pytest.raises(StoreError) as caught:
+            call()
+        message = str(caught.value)
+        assert f"metadata file {where} is corrupt (not valid JSON" in message and "restore it from git" in message, message
+    assert backend.keys(store) == before
+
+
+def test_truncated_data_file_is_one_store_error_naming_it(backend):
+    store = backend.new_store()
+    write(store, "a", make_frame("a"))
+    result = write(store, "b", make_frame("b"))
+    good = store.blobs.read(result.path)[0]
+    store.blobs.put(result.path, good[:-5])
+    with pytest.raises(StoreError) as caught:
+        store.read(FEATURE)
+    message = str(caught.value)
+    assert f"data file {result.uri} (partition b) is unreadable" in message, message
+    assert "run `feature-pipelines sync` to rebuild it" in message
+    assert_same_rows(store.read(FEATURE, partitions=["a"]), make_frame("a"))
+
+
+def test_gc_removes_what_a_killed_writer_left_and_nothing_else(backend, workers, tmp_path):
+    """SIGKILL at the commit leaves an unreferenced data file: gc spares it within the grace period, then removes it
+    (grace 0) and nothing else; every version reads as before."""
+    import signal
+    import time
+    from datetime import timedelta
+
+    store = backend.new_store()
+    write(store, "a", make_frame("a"))
+    write(store, "b", make_frame("b"))
+    write(store, "a", make_frame("a", seed=1))
+    store.blobs.put(f"{FEATURE}/readme.txt", b"not the store's")
+    store.blobs.put(f"{FEATURE}/1.0.0/mine.parquet", b"not the store's naming")
+    store.blobs.put("other/1.0.0/x-0123456789abcdef.parquet.bak", b"not the store's")
+    versions = {v: store.read(FEATURE, version=v) for v in store.versions(FEATURE)}
+    kept = backend.keys(store)
+
+    signal_file = tmp_path / "at-commit"
+    proc = workers.start(backend.spec(store), [("b", make_frame("b", seed=7))], mode="hang_at_commit", signal=str(signal_file))
+    deadline = time.monotonic() + 120
+    while not signal_file.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    after_kill = backend.keys(store)
+    orphans = {k for k in after_kill if k not in kept and not k.endswith(".lock")}
+    assert len(orphans) == 1 and next(iter(orphans)).startswith(f"{FEATURE}/1.0.2/b-"), orphans
+    assert not orphans & referenced(store)
+
+    assert store.collect_garbage() == []  # fresh: a writer may still be on its way to the commit
+    assert {r.path for r in store.collect_garbage(older_than=timedelta(0), dry_run=True)} == orphans
+    assert backend.keys(store) == after_kill
+    removed = store.collect_garbage(older_than=timedelta(0))
+    assert {r.path for r in removed} == orphans and {r.reason for r in removed} == {"unreferenced data file"}
+    final = {k: v for k, v in backend.keys(store).items() if not k.endswith(".lock")}
+    assert final == {k: v for k, v in kept.items() if not k.endswith(".lock")}  # everything else, bit for bit
+    for version, frame in versions.items():
+        assert store.read(FEATURE, version=version).equals(frame)
+    assert_consistent(store)
+    assert store.collect_garbage(older_than=timedelta(0)) == []
+
+
+def test_check_files_and_restore_file_on_every_backend(backend):
+    """What `feature-pipelines sync` runs: each referenced file checked against its manifest entry; a damaged one is
+    rewritten only from data with the committed hash."""
+    store = backend.new_store()
+    a, b, c = make_frame("a"), make_frame("b"), make_frame("c")
+    write(store, "a", a)
+    write(store, "b", b)
+    write(store, "c", c)
+    write(store, "a", make_frame("a", seed=1))  # 1.0.1 inherits b and c
+    files = {r.partition: r for r in store.check_files(FEATURE) if r.path.startswith(f"{FEATURE}/1.0.0/")}
+    good = store.blobs.read(files["b"].path)[0]
+    store.blobs.put(files["b"].path, good[: len(good) // 2])
+    store.blobs.put(files["c"].path, store.blobs.read(files["a"].path)[0])  # readable, but another partition's data
+    checks = {(r.partition, r.versions): r for r in store.check_files(FEATURE)}
+    assert {k: v.status for k, v in checks.items()} == {
+        ("a", ("1.0.0",)): "ok", ("a", ("1.0.1",)): "ok", ("b", ("1.0.0", "1.0.1")): "unreadable",
+        ("c", ("1.0.0", "1.0.1")): "corrupt"}
+    damaged_b, damaged_c = checks[("b", ("1.0.0", "1.0.1"))], checks[("c", ("1.0.0", "1.0.1"))]
+    assert damaged_b.uri == store.blobs.uri(damaged_b.path) and damaged_b.detail.startswith("unreadable (")
+    assert "differs from the committed hash" in store.restore_file(damaged_b, make_frame("b", seed=5))
+    assert store.blobs.read(damaged_b.path)[0] == good[: len(good) // 2]  # refused: nothing written
+    assert store.restore_file(damaged_b, b) is None and store.restore_file(damaged_c, c) is None
+    assert {r.status for r in store.check_files(FEATURE)} == {"ok"}
+    assert_same_rows(store.read(FEATURE, version="1.0.0"), pl.concat([a, b, c]))
+    assert_consistent(store)

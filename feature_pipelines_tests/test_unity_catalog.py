@@ -36,7 +36,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from feature_pipelines.errors import ProfileError, StoreError
+from feature_pipelines.errors import DataError, ProfileError, StoreError
 from feature_pipelines.online.databricks import (
     SYNC_MODES,
     DatabricksOnlineStore,
@@ -501,6 +501,48 @@ def test_bad_input_changes_nothing(uc, store, schema):
     assert set(uc.tables) == before_tables and store.features() == [FEATURE]
     assert not (Path(uc.storage_root("main", schema)) / "brand_new").exists()
     assert store.versions(FEATURE) == ["1.0.0"]
+
+
+def test_emptied_partition_is_never_replaced_by_an_empty_one(uc, store):
+    """The rule of VersionedStore (test_silent_changes.py): within a version, rows are never replaced by no rows."""
+    a, b = make_frame("2024-01-01"), make_frame("2024-01-02")
+    write(store, {"2024-01-01": a, "2024-01-02": b})
+    before_version, before_meta = delta_version(uc, store), delta_version(uc, store, METADATA_TABLE)
+    with pytest.raises(DataError, match=r"2024-01-02 \(5 rows\).*nothing was written.*allow_empty=True") as error:
+        write(store, {"2024-01-01": a, "2024-01-02": b.clear()})
+    assert "1.0.0" in str(error.value) and FEATURE in str(error.value)
+    with pytest.raises(DataError, match=r"2024-01-01 \(5 rows\)"):
+        store.write_partition(FEATURE, "2024-01-01", a.clear(), keys=KEYS, timestamp=TS, config_hash="cfg1")
+    assert delta_version(uc, store) == before_version and delta_version(uc, store, METADATA_TABLE) == before_meta
+    assert store.versions(FEATURE) == ["1.0.0"]
+
+    (result,) = store.write_partitions(FEATURE, {"2024-01-02": b.clear()}, keys=KEYS, timestamp=TS, config_hash="cfg1",
+                                       allow_empty=True)
+    assert (result.version, result.bump, result.rows) == ("1.0.1", "patch", 0)
+    assert_frame_equal(store.read(FEATURE), a)  # 2024-01-01 is inherited
+    added = store.write_partition(FEATURE, "2024-01-03", a.clear(), keys=KEYS, timestamp=TS, config_hash="cfg1")
+    assert (added.bump, added.rows) == ("added", 0)  # a new partition may be empty
+    assert store.write_partition(FEATURE, "2024-01-05", a, keys=KEYS, timestamp=TS, config_hash="cfg1", allow_empty=True).bump == "added"
+
+
+def test_corrupt_metadata_row_is_one_store_error_naming_it(uc, store):
+    import pyarrow as pa
+
+    write(store, {"2024-01-01": make_frame("2024-01-01")})
+    meta = location(uc, store, METADATA_TABLE)
+    rows = pl.read_delta(meta).with_columns(partitions=pl.lit('{"2024-01-01": {"rows": 5,'))
+    deltalake.write_deltalake(meta, rows.to_arrow().cast(pa.schema(deltalake.DeltaTable(meta).schema().to_arrow())), mode="overwrite",
+                              predicate=f"feature = '{FEATURE}'")
+    for call in (lambda: store.latest(FEATURE), lambda: store.read(FEATURE), lambda: store.manifest(FEATURE)):
+        with pytest.raises(StoreError) as caught:
+            call()
+        message = str(caught.value)
+        assert f"the {METADATA_TABLE} row of version 1.0.0 of {FEATURE!r} in main.{store.schema}.{METADATA_TABLE}" in message, message
+        assert "is corrupt (column partitions is not valid JSON" in message and f"repair('{FEATURE}')" in message, message
+    # The documented repair works: delete the feature's rows, repair() records them again from the Delta log.
+    deltalake.DeltaTable(meta).delete(f"feature = '{FEATURE}'")
+    store.repair(FEATURE)
+    assert_frame_equal(store.read(FEATURE), make_frame("2024-01-01"))
 
 
 def test_table_changed_outside_the_store_is_refused_but_optimize_is_fine(uc, store):

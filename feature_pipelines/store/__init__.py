@@ -6,11 +6,12 @@ store is built, so the core installs and imports without them. `UnityCatalogStor
 extra) keeps the same interface and versioning rules on Delta tables registered in Unity Catalog.
 """
 
-from feature_pipelines.store.blobs import Blobs, LocalBlobs
+from feature_pipelines.store.blobs import BlobInfo, Blobs, LocalBlobs
+from feature_pipelines.store.cleanup import Leftover
 from feature_pipelines.store.gcs import GCSBlobs, GCSStore
 from feature_pipelines.store.s3 import S3Blobs, S3Store
 from feature_pipelines.store.unity import UnityCatalogStore
-from feature_pipelines.store.versioned import CommitResult, VersionedStore
+from feature_pipelines.store.versioned import CommitResult, FileCheck, VersionedStore
 
 
 class LocalStore(VersionedStore):
@@ -21,5 +22,5 @@ class LocalStore(VersionedStore):
         self.path = str(self.blobs.root)
 
 
-__all__ = ["Blobs", "CommitResult", "GCSBlobs", "GCSStore", "LocalBlobs", "LocalStore", "S3Blobs", "S3Store", "UnityCatalogStore",
-           "VersionedStore"]
+__all__ = ["BlobInfo", "Blobs", "CommitResult", "FileCheck", "GCSBlobs", "GCSStore", "Leftover", "LocalBlobs", "LocalStore",
+           "S3Blobs", "S3Store", "UnityCatalogStore", "VersionedStore"]

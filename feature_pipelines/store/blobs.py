@@ -4,6 +4,11 @@
 * `create` — write an object only if it does not exist yet.
 * `swap`   — replace an object only if it still has the content the caller read (compare-and-swap).
 
+And two for cleaning up after killed writers (`feature-pipelines gc`, store/cleanup.py):
+
+* `list_files` — every object under a folder, hidden ones included, with its modification time.
+* `delete`     — remove an object only if it is still the one listed (not written again since).
+
 Object stores give these natively (S3 `If-None-Match`/`If-Match`, GCS `ifGenerationMatch`); on local
 disk they are a temp file plus `os.replace`/`os.link`, with `flock` serialising the compare step.
 Local files get the permissions of any new file, 0o666 minus the process umask (0o644 under the usual
@@ -13,12 +18,26 @@ Local files get the permissions of any new file, 0o666 minus the process umask (
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import secrets
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import xxhash
+
+from feature_pipelines.errors import StoreError
+
+
+class BlobInfo(NamedTuple):
+    """One listed object: its path relative to the store root, when it was last written (UTC), its size, and
+    `version`, what tells this very object from one written at the same path later (inode and mtime, generation...)."""
+
+    path: str
+    modified: datetime
+    size: int
+    version: str
 
 
 class Blobs(Protocol):
@@ -28,11 +47,28 @@ class Blobs(Protocol):
     def swap(self, path: str, data: bytes, token: str) -> bool: ...
     def exists(self, path: str) -> bool: ...
     def list_dirs(self, path: str) -> list[str]: ...
+    def list_files(self, path: str) -> list[BlobInfo]: ...
+    def delete(self, info: BlobInfo) -> bool: ...
     def uri(self, path: str) -> str: ...
 
 
 def _token(data: bytes) -> str:
     return xxhash.xxh64_hexdigest(data)
+
+
+def _os_errors(operation: str):
+    """Turn an OSError of a LocalBlobs primitive (permissions, a full disk, a folder where a file should be) into one
+    StoreError naming the file."""
+    def wrap(method):
+        @functools.wraps(method)
+        def inner(self, path, *args):
+            try:
+                return method(self, path, *args)
+            except OSError as err:
+                hint = "check its permissions" if operation == "read" else "check the store folder's permissions and free space"
+                raise StoreError(f"cannot {operation} {self.root / path}: {err.strerror or err}; {hint}") from None
+        return inner
+    return wrap
 
 
 class LocalBlobs:
@@ -47,6 +83,7 @@ class LocalBlobs:
             raise ValueError(f"path {path!r} escapes the store root {self.root}")
         return full
 
+    @_os_errors("read")
     def read(self, path: str) -> tuple[bytes, str] | None:
         try:
             data = self._path(path).read_bytes()
@@ -76,10 +113,12 @@ class LocalBlobs:
             raise
         return tmp
 
+    @_os_errors("write")
     def put(self, path: str, data: bytes) -> None:
         target = self._path(path)
         os.replace(self._temp(target, data), target)
 
+    @_os_errors("write")
     def create(self, path: str, data: bytes) -> bool:
         target = self._path(path)
         tmp = self._temp(target, data)
@@ -91,6 +130,7 @@ class LocalBlobs:
         finally:
             os.unlink(tmp)
 
+    @_os_errors("write")
     def swap(self, path: str, data: bytes, token: str) -> bool:
         target = self._path(path)
         tmp = self._temp(target, data)
@@ -116,5 +156,45 @@ class LocalBlobs:
             return []
         return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
 
+    def list_files(self, path: str) -> list[BlobInfo]:
+        base = self._path(path) if path else self.root
+        out = []
+        for folder, _, names in os.walk(base):
+            for name in names:
+                full = Path(folder) / name
+                try:
+                    st = full.lstat()
+                except FileNotFoundError:  # removed while listing
+                    continue
+                out.append(BlobInfo(full.relative_to(self.root).as_posix(), datetime.fromtimestamp(st.st_mtime, timezone.utc),
+                                    st.st_size, _identity(st)))
+        return sorted(out)
+
+    def delete(self, info: BlobInfo) -> bool:
+        """Remove the file if it is still the one listed (same inode, same mtime); False if it is gone or was rewritten.
+
+        The file is first renamed aside, then checked: a writer that replaced it between the listing and now
+        (`put` is a rename of a new file) has made a new inode, which is then put back in place.
+        """
+        target = self._path(info.path)
+        aside = target.parent / f".{target.name}.{secrets.token_hex(12)}.tmp"  # a temp name: a later gc takes it if we die here
+        try:
+            os.rename(target, aside)
+        except FileNotFoundError:
+            return False
+        if _identity(aside.lstat()) == info.version:
+            os.unlink(aside)
+            return True
+        try:
+            os.link(aside, target)  # rewritten since listed: put it back (unless an even newer one is there)
+        except FileExistsError:
+            pass
+        os.unlink(aside)
+        return False
+
     def uri(self, path: str) -> str:
         return str(self._path(path))
+
+
+def _identity(st: os.stat_result) -> str:
+    return f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}"

@@ -9,6 +9,9 @@ are the one shared implementation in `versioned.py`:
 * `create` — upload with `ifGenerationMatch=0`: succeeds only if the object does not exist.
 * `swap`   — upload with `ifGenerationMatch=<generation read>`: compare-and-swap.
 
+For `feature-pipelines gc`: `list_files` lists objects with their `updated` time and generation; `delete`
+is conditional on that generation (`ifGenerationMatch`), so an object written again since is kept.
+
 `412 Precondition Failed` means "lost the race": `create`/`swap` return False and the store re-reads
 and retries. An upload is atomic on GCS, so a failed or interrupted commit leaves the previous
 `_latest.json` whole.
@@ -41,6 +44,7 @@ from typing import Any
 import polars as pl
 
 from feature_pipelines.errors import StoreError
+from feature_pipelines.store.blobs import BlobInfo
 from feature_pipelines.store.versioned import VersionedStore
 
 # Operation -> the IAM permission it needs (overwriting an object also needs storage.objects.delete).
@@ -51,6 +55,7 @@ _PERMISSION = {
     "put": "storage.objects.create and storage.objects.delete",
     "create": "storage.objects.create",
     "swap": "storage.objects.create and storage.objects.delete",
+    "delete": "storage.objects.delete",
 }
 _DOWNLOAD_THREADS = 8
 
@@ -197,6 +202,26 @@ class GCSBlobs:
         except Exception as err:  # noqa: BLE001
             raise self._error(err, "list", base) from None
         return sorted(n for n in names if n and not n.startswith("."))
+
+    def list_files(self, path: str) -> list[BlobInfo]:
+        base = self._key(path)
+        base = f"{base}/" if base else ""
+        root = f"{self.prefix}/" if self.prefix else ""
+        try:
+            return sorted(BlobInfo(b.name[len(root):], b.updated, b.size or 0, str(b.generation))
+                          for b in self.client.list_blobs(self.bucket_name, prefix=base))
+        except Exception as err:  # noqa: BLE001
+            raise self._error(err, "list", base) from None
+
+    def delete(self, info: BlobInfo) -> bool:
+        key = self._key(info.path)
+        try:
+            self.bucket.blob(key).delete(if_generation_match=int(info.version))
+            return True
+        except (self._exc.NotFound, self._exc.PreconditionFailed):  # gone, or written again since it was listed
+            return False
+        except Exception as err:  # noqa: BLE001
+            raise self._error(err, "delete", key) from None
 
     def download_many(self, uris: list[str]) -> list[bytes]:
         """The bytes of several of this store's objects, fetched in parallel threads, in order."""

@@ -34,6 +34,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+HASH_FORMAT = 2
+"""The encoding `content_hash` implements; partition entries committed with it record `"hash_format": 2` (entries
+without one were committed by an older library: v1, or v2 before the field existed)."""
 _FORMAT = b"feature_pipelines content hash v2\0"
 _NO_NULLS, _NULLS = b"V", b"N"
 

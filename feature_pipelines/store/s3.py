@@ -8,6 +8,9 @@ manifests, the retry loop around the commit) is the one shared implementation in
 * `create` — PutObject with `If-None-Match: *`: succeeds only if the key does not exist.
 * `swap`   — PutObject with `If-Match: <etag read>`: succeeds only if nobody replaced the object since.
 
+For `feature-pipelines gc`: `list_files` is ListObjectsV2 (LastModified, ETag); `delete` re-reads the
+object's ETag and LastModified (HeadObject) and deletes it only if both are still as listed.
+
 `412 PreconditionFailed` and `409 ConditionalRequestConflict` (two conditional writes of one key in
 flight at once) mean "lost the race": `create`/`swap` return False and the store re-reads and retries.
 A PUT is atomic on S3, so a failed or interrupted commit leaves the previous `_latest.json` whole.
@@ -28,6 +31,7 @@ from __future__ import annotations
 from typing import Any
 
 from feature_pipelines.errors import StoreError
+from feature_pipelines.store.blobs import BlobInfo
 from feature_pipelines.store.versioned import VersionedStore
 
 # S3 API operation -> the IAM action a policy must allow for it.
@@ -37,6 +41,7 @@ _IAM_ACTION = {
     "PutObject": "s3:PutObject",
     "ListObjectsV2": "s3:ListBucket",
     "HeadBucket": "s3:ListBucket",
+    "DeleteObject": "s3:DeleteObject",
 }
 _LOST_RACE = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 
@@ -48,6 +53,11 @@ def _boto3():
     except ImportError:
         raise StoreError("the S3 offline store needs boto3: pip install 'feature_pipelines[aws]'") from None
     return boto3
+
+
+def _identity(etag: str, modified) -> str:
+    """What tells one write of a key from another: ETag and LastModified (to the second: listings and HEAD differ below)."""
+    return f"{etag}|{modified.replace(microsecond=0).isoformat()}"
 
 
 def _clean_prefix(prefix: str | None) -> str:
@@ -192,6 +202,36 @@ class S3Blobs:
         except Exception as err:  # noqa: BLE001
             raise self._error(err, "ListObjectsV2", base) from None
         return sorted(n for n in names if n and not n.startswith("."))
+
+    def list_files(self, path: str) -> list[BlobInfo]:
+        base = self._key(path)
+        base = f"{base}/" if base else ""
+        root = f"{self.prefix}/" if self.prefix else ""
+        out = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
+                for item in page.get("Contents", []):
+                    out.append(BlobInfo(item["Key"][len(root):], item["LastModified"], item["Size"],
+                                        _identity(item["ETag"], item["LastModified"])))
+        except Exception as err:  # noqa: BLE001
+            raise self._error(err, "ListObjectsV2", base) from None
+        return sorted(out)
+
+    def delete(self, info: BlobInfo) -> bool:
+        key = self._key(info.path)
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as err:  # noqa: BLE001
+            if _code(err) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise self._error(err, "HeadObject", key) from None
+        if _identity(head["ETag"], head["LastModified"]) != info.version:
+            return False  # written again since it was listed
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as err:  # noqa: BLE001
+            raise self._error(err, "DeleteObject", key) from None
+        return True
 
     # ---- polars --------------------------------------------------------------------------
 

@@ -58,14 +58,18 @@ import pyarrow as pa
 
 from feature_pipelines.errors import StoreError
 from feature_pipelines.spec.names import check_identifier
+from feature_pipelines.store.hashing import HASH_FORMAT
 from feature_pipelines.store.versioned import (
     FORMAT,
     CommitResult,
+    _first_line,
     _now,
     _some,
     content_hash,
     commit_result,
+    corrupt_metadata,
     decide,
+    load_manifest,
     newest_or_raise,
     next_manifest,
     schema_of,
@@ -417,9 +421,8 @@ def _empty_frame(manifest: dict) -> pl.DataFrame:
     return pl.DataFrame(schema={c["name"]: _dtype(c["dtype"]) or pl.String for c in manifest["columns"]})
 
 
-def _manifest_of(entry: dict) -> dict | None:
-    raw = entry.get(MANIFEST_KEY)
-    return json.loads(raw) if raw else None
+_ENTRY = ("rows", "content_hash", "delta_version")
+"""The fields every partition entry of this store's manifests has."""
 
 
 class _Moved(Exception):
@@ -560,30 +563,56 @@ class UnityCatalogStore:
         frame = pl.scan_delta(table)
         return (frame.filter(pl.col("feature") == feature) if feature else frame).collect()
 
-    @staticmethod
-    def _row_to_manifest(row: dict) -> dict:
-        manifest = {
-            "format": row["format"],
-            "name": row["feature"],
-            "version": row["version"],
-            "parent_version": row["parent_version"],
-            "keys": json.loads(row["keys"]),
-            "timestamp_column": row["timestamp_column"],
-            "columns": json.loads(row["columns"]),
-            "schema_hash": row["schema_hash"],
-            "config_hash": row["config_hash"],
-            "info": json.loads(row["info"]),
-            "revision": row["revision"],
-            "created_at": row["created_at"].astimezone(timezone.utc).isoformat(timespec="seconds"),
-            "updated_at": row["updated_at"].astimezone(timezone.utc).isoformat(timespec="seconds"),
-            "change": json.loads(row["change"]),
-            "partitions": json.loads(row["partitions"]),
-            "row_count": row["row_count"],
-            "content_hash": row["content_hash"],
-            "delta_version": row["delta_version"],
-            "table": row["table_name"],
-        }
-        return manifest
+    def _row_to_manifest(self, row: dict) -> dict:
+        """The manifest a `_feature_metadata` row holds; a StoreError naming the row and the repair when it is damaged."""
+        feature, meta = row["feature"], self.table_name(METADATA_TABLE)
+        where = f"the {METADATA_TABLE} row of version {row['version']} of {feature!r} in {meta}"
+        repair = (f"delete the feature's rows (`DELETE FROM {meta} WHERE feature = '{feature}'`) and run "
+                  f"`UnityCatalogStore(...).repair('{feature}')`, which records them again from the Delta log of "
+                  f"{self.table_name(feature)}")
+        parsed = {}
+        for column in ("keys", "columns", "info", "change", "partitions"):
+            try:
+                parsed[column] = json.loads(row[column])
+            except (TypeError, ValueError) as err:
+                raise corrupt_metadata(feature, where, f"column {column} is not valid JSON ({_first_line(err)})", repair) from None
+        try:
+            manifest = {
+                "format": row["format"],
+                "name": feature,
+                "version": row["version"],
+                "parent_version": row["parent_version"],
+                "keys": parsed["keys"],
+                "timestamp_column": row["timestamp_column"],
+                "columns": parsed["columns"],
+                "schema_hash": row["schema_hash"],
+                "config_hash": row["config_hash"],
+                "info": parsed["info"],
+                "revision": row["revision"],
+                "created_at": row["created_at"].astimezone(timezone.utc).isoformat(timespec="seconds"),
+                "updated_at": row["updated_at"].astimezone(timezone.utc).isoformat(timespec="seconds"),
+                "change": parsed["change"],
+                "partitions": parsed["partitions"],
+                "row_count": row["row_count"],
+                "content_hash": row["content_hash"],
+                "delta_version": row["delta_version"],
+                "table": row["table_name"],
+            }
+        except (AttributeError, TypeError) as err:  # a null timestamp
+            raise corrupt_metadata(feature, where, _first_line(err), repair) from None
+        return load_manifest(manifest, feature=feature, where=where, repair=repair, entry_fields=_ENTRY)
+
+    def _manifest_of(self, entry: dict, feature: str) -> dict | None:
+        """The manifest a Delta commit (a history entry) carries, None for a commit without one (not ours)."""
+        raw = entry.get(MANIFEST_KEY)
+        if not raw:
+            return None
+        table = self.table_name(feature)
+        return load_manifest(raw, feature=feature, where=f"the manifest in commit {entry.get('version')} of {table}",
+                             entry_fields=_ENTRY,
+                             repair=f"restore the table to an earlier feature_pipelines commit (`RESTORE TABLE {table} TO "
+                                    "VERSION AS OF n`), or drop it and its rows in "
+                                    f"{self.table_name(METADATA_TABLE)} and re-materialize")
 
     def _manifest_row(self, manifest: dict, location: str) -> dict:
         return {
@@ -619,7 +648,7 @@ class UnityCatalogStore:
             recorded = dict(zip(rows["version"].to_list(), rows["delta_version"].to_list()))
             after = max(recorded.values(), default=-1)
             newest: dict[str, dict] = {}
-            for manifest in self._manifests_after(table, after):
+            for manifest in self._manifests_after(table, after, feature):
                 if manifest["delta_version"] > recorded.get(manifest["version"], -1):
                     newest[manifest["version"]] = manifest  # ascending: the last one per version wins
             if not newest:
@@ -650,16 +679,16 @@ class UnityCatalogStore:
 
     # ---- reading the Delta log ----------------------------------------------------------------
 
-    def _manifests_after(self, table, after: int) -> list[dict]:
+    def _manifests_after(self, table, after: int, feature: str) -> list[dict]:
         """Manifests of this store's commits with Delta version > `after`, oldest first (from commitInfo)."""
         head = table.version()
         if head <= after:
             return []
         limit = head - after + 16
         entries = table.history(limit)
-        manifests = [m for m in map(_manifest_of, entries) if m]
+        manifests = [m for m in (self._manifest_of(e, feature) for e in entries) if m]
         if len(entries) >= limit and not any(m["delta_version"] <= after for m in manifests):
-            manifests = [m for m in map(_manifest_of, table.history()) if m]  # a long gap: read the whole log
+            manifests = [m for m in (self._manifest_of(e, feature) for e in table.history()) if m]  # a long gap: read the whole log
         return sorted((m for m in manifests if m["delta_version"] > after), key=lambda m: m["delta_version"])
 
     def _base(self, table, feature: str) -> dict | None:
@@ -672,7 +701,7 @@ class UnityCatalogStore:
         for limit in (1, 64, None):
             entries = table.history(limit)  # newest first; read from storage, which may be ahead of `head`
             for index, entry in enumerate(entries):
-                manifest = _manifest_of(entry)
+                manifest = self._manifest_of(entry, feature)
                 if manifest is None:
                     continue
                 if manifest["delta_version"] > head or index != head - manifest["delta_version"]:
@@ -813,18 +842,21 @@ class UnityCatalogStore:
     # ---- writing -------------------------------------------------------------------------
 
     def write_partition(self, feature: str, partition: str, frame: pl.DataFrame, *, keys: list[str], timestamp: str,
-                        config_hash: str, info: dict | None = None, lineage: dict | None = None) -> CommitResult:
+                        config_hash: str, info: dict | None = None, lineage: dict | None = None,
+                        allow_empty: bool = False) -> CommitResult:
         """Store one partition's frame and commit it atomically; see `write_partitions`."""
         (result,) = self.write_partitions(feature, {partition: frame}, keys=keys, timestamp=timestamp,
-                                          config_hash=config_hash, info=info, lineage=lineage)
+                                          config_hash=config_hash, info=info, lineage=lineage, allow_empty=allow_empty)
         return result
 
     def write_partitions(self, feature: str, frames: dict[str, pl.DataFrame], *, keys: list[str], timestamp: str,
-                         config_hash: str, info: dict | None = None, lineage: dict | None = None) -> list[CommitResult]:
+                         config_hash: str, info: dict | None = None, lineage: dict | None = None,
+                         allow_empty: bool = False) -> list[CommitResult]:
         """Store partition frames and commit them in ONE Delta transaction (one version change), like VersionedStore.
 
         Bad input (missing key/timestamp column, differing schemas, a `__partition` column, a dtype Delta
-        cannot hold) raises StoreError before anything is written.
+        cannot hold) raises StoreError before anything is written. Replacing a partition that holds rows with
+        an empty frame in the same version is a DataError (nothing written) unless `allow_empty`.
         """
         check_identifier(feature, "feature name")
         if not frames:
@@ -866,7 +898,8 @@ class UnityCatalogStore:
                 time.sleep(random.uniform(0.001, 0.02))
                 continue
             head = table.version()
-            outcome, version, bump, reason = decide(current, {p: prep.digest for p, prep in prepared.items()}, schema, config_hash)
+            outcome, version, bump, reason = decide(current, {p: prep.digest for p, prep in prepared.items()}, schema, config_hash,
+                                                    rows=None if allow_empty else {p: prep.frame.height for p, prep in prepared.items()})
             fresh = bump in ("initial", "major", "minor")
             stale_lineage = [p for p, (b, _) in outcome.items()
                              if b == "unchanged" and lineage and current["partitions"][p].get("lineage") != lineage]
@@ -913,8 +946,9 @@ class UnityCatalogStore:
                 continue
             if partition in partitions:
                 replaced[partition] = f"{self.table_name(feature)}@v{partitions[partition]['delta_version']}"
-            partitions[partition] = {"rows": prep.frame.height, "content_hash": prep.digest, "written_at": now,
-                                     "delta_version": delta_version, **({"lineage": lineage} if lineage else {})}
+            partitions[partition] = {"rows": prep.frame.height, "content_hash": prep.digest, "hash_format": HASH_FORMAT,
+                                     "written_at": now, "delta_version": delta_version,
+                                     **({"lineage": lineage} if lineage else {})}
         schema = prepared[next(iter(prepared))].schema
         new = next_manifest(feature, current, version, bump, reason, outcome, keys=keys, timestamp=timestamp, schema=schema,
                             config_hash=config_hash, info=info, partitions=partitions, replaced=replaced, now=now)

@@ -17,6 +17,11 @@ version inherits every other partition); identical data changes nothing. A parti
 is never replaced by an empty one within a version (an emptied source is far likelier than an
 interval that really lost every event): that write is a DataError and changes nothing, unless the
 caller passes `allow_empty=True`.
+
+Damage reads in one line: a metadata file that is not a manifest, or a data file that is missing or
+unreadable, is one StoreError naming the file and its repair (`load_manifest`, `read_failure`).
+`check_files` verifies every data file the committed versions reference (what `feature-pipelines sync`
+reports and rebuilds); `collect_garbage` (store/cleanup.py) removes what killed or outraced writers left.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import io
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import polars as pl
@@ -34,7 +39,7 @@ import xxhash
 from feature_pipelines.errors import StoreError
 from feature_pipelines.spec.names import check_identifier
 from feature_pipelines.store.blobs import Blobs
-from feature_pipelines.store.hashing import content_hash
+from feature_pipelines.store.hashing import HASH_FORMAT, content_hash
 from feature_pipelines.store.versioning import _some, decide  # unity.py imports both from here too
 
 FORMAT = 1
@@ -55,8 +60,97 @@ def schema_of(frame: pl.DataFrame) -> list[dict[str, str]]:
     return [{"name": name, "dtype": str(dtype)} for name, dtype in frame.schema.items()]
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:300]
+
+
+# ---- damaged metadata: one error naming the file and the repair ------------------------------------
+
+_SEMVER = re.compile(r"\d+\.\d+\.\d+")
+FILE_ENTRY = ("file", "rows", "content_hash")
+"""The fields every partition entry of a file store's manifest has."""
+
+
+def metadata_repair(feature: str, folder: str) -> str:
+    """How to repair a file store's damaged metadata file (said after the file is named)."""
+    return (f"restore it from git / version control (the store's metadata files are committable), or delete the feature's "
+            f"folder {folder} and rebuild it (`feature-pipelines build --features {feature}`)")
+
+
+def corrupt_metadata(feature: str, where: str, problem: str, repair: str) -> StoreError:
+    """The one StoreError for damaged metadata: which feature, which file (or row), what is wrong, how to repair it."""
+    return StoreError(f"feature {feature!r}: {where} is corrupt ({problem}); {repair}")
+
+
+def load_manifest(data: bytes | str | dict, *, feature: str, where: str, repair: str, version: str | None = None,
+                  entry_fields: tuple[str, ...] = FILE_ENTRY) -> dict:
+    """A manifest from its stored JSON (or an already decoded dict), checked to be one; the shared helper of every store.
+
+    `where` names the file or row (e.g. "metadata file s3://bucket/f/_latest.json"), `repair` says what to do;
+    anything that is not JSON, not an object, lacks a field readers use, names another feature or (with
+    `version`) another version is a StoreError built by `corrupt_metadata`.
+    """
+    if isinstance(data, (bytes, str)):
+        try:
+            data = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+            raise corrupt_metadata(feature, where, f"not valid JSON ({_first_line(err)})", repair) from None
+    problem = _manifest_problem(data, feature, version, entry_fields)
+    if problem:
+        raise corrupt_metadata(feature, where, problem, repair)
+    return data
+
+
+def _manifest_problem(manifest: Any, feature: str, version: str | None, entry_fields: tuple[str, ...]) -> str | None:
+    """What makes `manifest` unusable as `feature`'s manifest (of `version`), or None."""
+    if not isinstance(manifest, dict):
+        return f"not a manifest: a JSON {type(manifest).__name__.replace('NoneType', 'null')}, expected an object"
+    expected = {"name": str, "version": str, "keys": list, "timestamp_column": str, "columns": list, "config_hash": str,
+                "partitions": dict}
+    for field, kind in expected.items():
+        if field not in manifest:
+            return f"no {field!r} field"
+        if not isinstance(manifest[field], kind):
+            return f"{field!r} is a JSON {type(manifest[field]).__name__.replace('NoneType', 'null')}, expected a {kind.__name__}"
+    if manifest["name"] != feature:
+        return f"it is the manifest of feature {manifest['name']!r}"
+    if not _SEMVER.fullmatch(manifest["version"]):
+        return f"version {manifest['version']!r} is not MAJOR.MINOR.PATCH"
+    if version is not None and manifest["version"] != version:
+        return f"it holds version {manifest['version']}, expected {version}"
+    if not all(isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("dtype"), str) for c in manifest["columns"]):
+        return "'columns' is not a list of {name, dtype}"
+    for key, entry in manifest["partitions"].items():
+        missing = [f for f in entry_fields if f not in entry] if isinstance(entry, dict) else list(entry_fields)
+        if missing:
+            return f"partition {key!r} has no {missing[0]!r}"
+    return None
+
+
 def _hash_json(value: Any) -> str:
     return xxhash.xxh3_64_hexdigest(json.dumps(value, sort_keys=True, separators=(",", ":")).encode())
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """One data file a committed version references, as `VersionedStore.check_files` found it.
+
+    `status`: ok | missing | unreadable | corrupt (reads, but its columns, row count or content hash differ from the
+    manifest) | old_format (reads, rows as committed, but its entry predates `hash_format` and today's hash differs:
+    v1 or damage, which cannot be told apart). `detail` says it in words.
+    """
+
+    feature: str
+    partition: str
+    path: str  # relative to the store root
+    uri: str
+    versions: tuple[str, ...]  # the committed versions that reference it
+    entry: dict
+    config_hash: str
+    columns: list
+    status: str
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -90,30 +184,57 @@ class VersionedStore:
     def features(self) -> list[str]:
         return [name for name in self.blobs.list_dirs("") if self.blobs.exists(f"{name}/{LATEST}")]
 
+    def _load(self, feature: str, path: str, found: tuple[bytes, str], version: str | None = None) -> dict:
+        """The manifest stored at `path` (bytes already read), or the StoreError naming the file and the repair."""
+        return load_manifest(found[0], feature=feature, where=f"metadata file {self.blobs.uri(path)}", version=version,
+                             repair=metadata_repair(feature, self.blobs.uri(feature)))
+
+    def _read_manifest(self, feature: str, version: str | None = None) -> tuple[dict, str] | None:
+        """(manifest, token) of `_latest.json` (or of `version`'s .meta.json), None if absent; StoreError if damaged."""
+        path = f"{feature}/{LATEST}" if version is None else f"{feature}/{version}/{META}"
+        found = self.blobs.read(path)
+        return None if found is None else (self._load(feature, path, found, version), found[1])
+
     def latest(self, feature: str) -> dict | None:
         """The newest version's manifest, or None if the feature was never written."""
-        found = self.blobs.read(f"{check_identifier(feature, 'feature name')}/{LATEST}")
-        return None if found is None else json.loads(found[0])
+        found = self._read_manifest(check_identifier(feature, "feature name"))
+        return None if found is None else found[0]
 
     def manifest(self, feature: str, version: str | None = None) -> dict:
         """Manifest of `version` (default: the newest); a StoreError lists the versions that exist."""
         latest = newest_or_raise(self, feature)
         if not wants_older(feature, version, latest):
             return latest
-        found = self.blobs.read(f"{feature}/{version}/{META}")
+        found = self._read_manifest(feature, version)
         if found is None or version not in self.versions(feature):
             raise StoreError(f"feature {feature!r} has no version {version!r}; versions: {self.versions(feature)}")
-        return json.loads(found[0])
+        return found[0]
 
     def versions(self, feature: str) -> list[str]:
         """Committed versions, oldest first (follows parent links from the newest, skipping abandoned writes)."""
         latest = self.latest(feature)
         out = []
         version = latest and latest["version"]
-        while version:
+        while version and version not in out:
             out.append(version)
-            found = self.blobs.read(f"{feature}/{version}/{META}") if version != latest["version"] else (json.dumps(latest).encode(), "")
-            version = json.loads(found[0]).get("parent_version") if found else None
+            found = self._read_manifest(feature, version) if version != latest["version"] else (latest, "")
+            version = found[0].get("parent_version") if found else None
+        return out[::-1]
+
+    def chain(self, feature: str) -> list[dict]:
+        """The manifests of every committed version, oldest first, each read once; unlike `versions`, a version manifest
+        missing from the parent chain is a StoreError (it is written before its successor commits: it was lost)."""
+        latest = newest_or_raise(self, feature)
+        out = [latest]
+        parent = latest.get("parent_version")
+        while parent and parent not in {m["version"] for m in out}:
+            found = self._read_manifest(feature, parent)
+            if found is None:
+                raise StoreError(f"feature {feature!r}: metadata file {self.blobs.uri(f'{feature}/{parent}/{META}')} is "
+                                 f"missing (version {parent} is on the chain of {latest['version']}); restore it from git / "
+                                 "version control")
+            out.append(found[0])
+            parent = found[0].get("parent_version")
         return out[::-1]
 
     def partition_files(self, feature: str, version: str | None = None, partitions: list[str] | None = None) -> list[str]:
@@ -141,11 +262,16 @@ class VersionedStore:
 
         The manifest is read once: files and schema come from the same committed version.
         """
-        manifest = self.manifest(feature, version)
+        return self._scan_manifest(feature, self.manifest(feature, version), partitions)
+
+    def _scan_manifest(self, feature: str, manifest: dict, partitions: list[str] | None) -> pl.LazyFrame:
         files = self._files(feature, manifest, partitions)
         if not files:
             return pl.DataFrame(schema=_polars_schema(manifest)).lazy()
-        return self._scan_files(files)
+        try:
+            return self._scan_files(files)
+        except (OSError, pl.exceptions.PolarsError) as err:  # a store that reads eagerly (GCS) fails here
+            raise self.read_failure(feature, manifest, partitions, err) from None
 
     def _scan_files(self, files: list[str]) -> pl.LazyFrame:
         return pl.scan_parquet(files, **self.scan_options())
@@ -154,8 +280,45 @@ class VersionedStore:
         return {}
 
     def read(self, feature: str, version: str | None = None, partitions: list[str] | None = None, columns: list[str] | None = None) -> pl.DataFrame:
-        frame = self.scan(feature, version, partitions)
-        return (frame.select(columns) if columns else frame).collect()
+        """A version's partitions (default: all) as one frame; a missing or unreadable data file is a StoreError naming it."""
+        manifest = self.manifest(feature, version)
+        frame = self._scan_manifest(feature, manifest, partitions)
+        try:
+            return (frame.select(columns) if columns else frame).collect()
+        except (OSError, pl.exceptions.PolarsError) as err:
+            if isinstance(err, pl.exceptions.ColumnNotFoundError):
+                raise
+            raise self.read_failure(feature, manifest, partitions, err) from None
+
+    def read_failure(self, feature: str, manifest: dict, partitions: list[str] | None, err: BaseException) -> StoreError:
+        """The StoreError for a read of `partitions` of `manifest` that failed with `err`: it names the first data file that
+        is missing or unreadable (each one is checked now) and says how to rebuild it."""
+        keys = sorted(manifest["partitions"]) if partitions is None else list(partitions)
+        damaged = []
+        for key in keys:
+            rel = f"{feature}/{manifest['partitions'][key]['file']}"
+            problem = self._file_problem(rel)
+            if problem:
+                damaged.append((key, rel, problem))
+        if not damaged:
+            return StoreError(f"feature {feature!r} version {manifest['version']}: reading its data files from "
+                              f"{self.description} failed: {_first_line(err)}")
+        key, rel, problem = damaged[0]
+        more = (f"; {len(damaged) - 1} more data file(s) of this read are damaged too (`feature-pipelines sync` lists them)"
+                if len(damaged) > 1 else "")
+        return StoreError(f"feature {feature!r} version {manifest['version']}: data file {self.blobs.uri(rel)} (partition "
+                          f"{key}) is {problem}; run `feature-pipelines sync` to rebuild it{more}")
+
+    def _file_problem(self, rel: str) -> str | None:
+        """'missing', 'unreadable (...)' or None for the data file at `rel`."""
+        found = self.blobs.read(rel)
+        if found is None:
+            return "missing"
+        try:
+            pl.read_parquet(io.BytesIO(found[0]))
+        except (OSError, pl.exceptions.PolarsError) as err:
+            return f"unreadable ({_first_line(err)})"
+        return None
 
     # ---- writing -------------------------------------------------------------------------
 
@@ -212,7 +375,7 @@ class VersionedStore:
         written: dict[str, str] = {}  # data files already put, by relative path
         for _ in range(100):
             found = self.blobs.read(f"{feature}/{LATEST}")
-            current, token = (json.loads(found[0]), found[1]) if found else (None, None)
+            current, token = (self._load(feature, f"{feature}/{LATEST}", found), found[1]) if found else (None, None)
             outcome, version, bump, reason = decide(current, {p: d for p, (_, _, d) in prepared.items()}, schema, config_hash,
                                                     rows=None if allow_empty else {p: f.height for p, (f, _, _) in prepared.items()})
             fresh = bump in ("initial", "major", "minor")
@@ -229,12 +392,15 @@ class VersionedStore:
                     base_partitions[partition] = {**base_partitions[partition], **({"lineage": lineage} if lineage else {})}
                     continue
                 rel = f"{version}/{_safe(partition)}-{digest[:16]}.parquet"
-                if rel not in written and not self.blobs.exists(f"{feature}/{rel}"):
+                if rel not in written:
+                    # Put even when a file of this name exists (left by a killed writer): the fresh write makes it
+                    # young again, so `collect_garbage` never takes a file this commit is about to reference.
                     self.blobs.put(f"{feature}/{rel}", _parquet_bytes(frame))
                 written[rel] = partition
                 if partition in base_partitions:
                     replaced[partition] = base_partitions[partition]["file"]
-                base_partitions[partition] = {"file": rel, "rows": frame.height, "content_hash": digest, "written_at": now,
+                base_partitions[partition] = {"file": rel, "rows": frame.height, "content_hash": digest,
+                                              "hash_format": HASH_FORMAT, "written_at": now,
                                               **({"lineage": lineage} if lineage else {})}
             new = next_manifest(feature, current, version, bump, reason, outcome, keys=keys, timestamp=timestamp, schema=schema,
                                 config_hash=config_hash, info=info, partitions=base_partitions, replaced=replaced, now=now)
@@ -259,9 +425,73 @@ class VersionedStore:
             if found is None:
                 if self.blobs.create(path, blob):
                     return
-            elif json.loads(found[0]).get("revision", 0) >= revision or self.blobs.swap(path, blob, found[1]):
+            elif _revision(found[0]) >= revision or self.blobs.swap(path, blob, found[1]):
                 return
         raise StoreError(f"feature {feature!r}: could not save the manifest of version {version} (heavy contention?)")
+
+    # ---- verifying and restoring data files (feature-pipelines sync) ------------------------------
+
+    def check_files(self, feature: str) -> list[FileCheck]:
+        """Every data file the committed versions of `feature` reference, each read and checked against its manifest
+        entry: present, readable, same columns and row count, same content hash (see `FileCheck.status`)."""
+        files: dict[str, tuple[str, list[str], dict, dict]] = {}  # rel -> (partition, versions, entry, manifest)
+        for manifest in self.chain(feature):
+            version = manifest["version"]
+            for key, entry in sorted(manifest["partitions"].items()):
+                rel = f"{feature}/{entry['file']}"
+                files.setdefault(rel, (key, [], entry, manifest))[1].append(version)
+        return [self._check(feature, rel, *found) for rel, found in sorted(files.items(), key=lambda kv: (kv[1][0], kv[0]))]
+
+    def _check(self, feature: str, rel: str, partition: str, versions: list[str], entry: dict, manifest: dict) -> FileCheck:
+        def result(status: str, detail: str) -> FileCheck:
+            return FileCheck(feature, partition, rel, self.blobs.uri(rel), tuple(versions), entry, manifest["config_hash"],
+                             manifest["columns"], status, detail)
+
+        found = self.blobs.read(rel)
+        if found is None:
+            return result("missing", "missing")
+        try:
+            frame = pl.read_parquet(io.BytesIO(found[0]))
+        except (OSError, pl.exceptions.PolarsError) as err:
+            return result("unreadable", f"unreadable ({_first_line(err)})")
+        if schema_of(frame) != manifest["columns"]:
+            return result("corrupt", "its columns differ from the manifest's (corrupt)")
+        if frame.height != entry["rows"]:
+            return result("corrupt", f"{frame.height} rows, the manifest says {entry['rows']} (corrupt)")
+        if content_hash(frame) == entry["content_hash"]:
+            return result("ok", "verified")
+        if entry.get("hash_format") == HASH_FORMAT:
+            return result("corrupt", "content differs from the committed hash (corrupt)")
+        return result("old_format", f"committed with an older hash format; rebuild the partition to re-verify "
+                                    f"(`feature-pipelines build --features {feature} --partition {partition} --force`)")
+
+    def restore_file(self, check: FileCheck, frame: pl.DataFrame) -> str | None:
+        """Write `frame` (the partition recomputed) as `check`'s data file if it is exactly what was committed.
+
+        Returns None when written, else why not; a file that verifies is never rewritten.
+        """
+        if check.status in ("ok", "old_format"):
+            return "the file verifies" if check.status == "ok" else "the file reads fine"
+        if schema_of(frame) != check.columns:
+            return "the recomputed columns differ from the committed ones"
+        digest = content_hash(frame)
+        if digest != check.entry["content_hash"]:
+            if check.entry.get("hash_format") != HASH_FORMAT:
+                return (f"cannot verify the recomputed data against a hash of the older format; rebuild the partition "
+                        f"(`feature-pipelines build --features {check.feature} --partition {check.partition} --force`)")
+            return "recomputed data differs from the committed hash (the source or the definition's code changed since?)"
+        self.blobs.put(check.path, _parquet_bytes(frame))
+        return None
+
+    # ---- leftovers (feature-pipelines gc) -----------------------------------------------------
+
+    def collect_garbage(self, features: list[str] | None = None, *, older_than: timedelta = timedelta(hours=1),
+                        dry_run: bool = False) -> list:
+        """Remove temp files and unreferenced data files older than `older_than` under `features` (default: every
+        feature folder); see store/cleanup.py for the rules. Returns what was (or, with `dry_run`, would be) removed."""
+        from feature_pipelines.store.cleanup import collect_garbage
+
+        return collect_garbage(self, features, older_than=older_than, dry_run=dry_run)
 
     def _result(self, feature: str, partition: str, manifest: dict, bump: str, reason: str, entry: dict) -> CommitResult:
         return commit_result(feature, partition, manifest, bump, reason, entry, path=f"{feature}/{entry['file']}",
@@ -325,6 +555,14 @@ def wants_older(feature: str, version: str | None, latest: dict) -> bool:
     if not re.fullmatch(r"\d+\.\d+\.\d+", version):
         raise StoreError(f"version {version!r} of feature {feature!r} is not MAJOR.MINOR.PATCH, e.g. '1.0.0'")
     return True
+
+
+def _revision(blob: bytes) -> int:
+    """The revision of a stored .meta.json; -1 when it is damaged, so the authoritative copy replaces it."""
+    try:
+        return int(json.loads(blob).get("revision", 0))
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError):
+        return -1
 
 
 def _safe(partition: str) -> str:
