@@ -123,20 +123,42 @@ def test_each_partition_carries_its_statistics(tmp_path: Path) -> None:
         assert isinstance(meta["amount_sum_3d p95"], dg.FloatMetadataValue)
 
 
+def _drift(instance) -> list[dg.AssetCheckEvaluation]:
+    history = instance.event_log_storage.get_asset_check_execution_history(dg.AssetCheckKey(KEY, "drift"), limit=100)
+    return [r.event.dagster_event.asset_check_evaluation_data for r in sorted(history, key=lambda r: r.id)
+            if r.event and r.event.dagster_event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION]
+
+
 def test_drift_check_warns_on_the_shifted_partition_only(tmp_path: Path) -> None:
     _events(tmp_path / "events.parquet", shift_day=14)  # events of 2024-01-15 are ten times larger
     defs = _defs(tmp_path)
     with dg.instance_for_test() as instance:
         assert _run(defs, instance, "2024-01-01", "2024-01-12").success
-        # A later run takes its baseline from the stored partitions before it.
-        assert _run(defs, instance, "2024-01-13", "2024-01-17").success  # non-blocking: the run succeeds
-        drift = _checks(instance, "drift")
-    assert drift["2024-01-01"].passed and "no baseline yet" in drift["2024-01-01"].description
-    assert drift["2024-01-13"].metadata["baseline_partitions"].value == 7
+        # A later run takes its baseline from the stored partitions before it; non-blocking: the run succeeds.
+        assert _run(defs, instance, "2024-01-13", "2024-01-17").success
+        first, second = _drift(instance)
+        records = {r.partition_key: r.asset_materialization.metadata for r in instance.fetch_materializations(KEY, limit=100).records}
+    assert first.passed and first.severity == dg.AssetCheckSeverity.WARN and first.description.startswith("stable over 11 partition(s)")
+    assert first.metadata["partitions_checked"].value == 12 and first.metadata["psi_max"].value < 0.25
     # Partition 2024-01-15 (stamped at its end, 2024-01-16 00:00) is the first to aggregate the shifted day.
-    assert not drift["2024-01-15"].passed and drift["2024-01-15"].severity == dg.AssetCheckSeverity.WARN
-    assert drift["2024-01-15"].metadata["psi_max"].value >= 0.25 and "amount" in drift["2024-01-15"].metadata["column"].value
-    assert all(drift[f"2024-01-{d:02d}"].passed for d in range(2, 15)), {k: v.description for k, v in drift.items() if not v.passed}
+    assert not second.passed and second.description.startswith("3 of 5 partition(s) drifted")
+    assert second.metadata["drifted_partitions"].value == "2024-01-15, 2024-01-16, 2024-01-17"
+    assert second.metadata["worst_partition"].value == "2024-01-15" and "amount" in second.metadata["column"].value
+    # Every partition's PSI is in its own metadata: stable before the shift, large on it; none for the first (no baseline).
+    assert "drift psi_max" not in records["2024-01-01"]
+    assert all(records[f"2024-01-{d:02d}"]["drift psi_max"].value < 0.25 for d in range(2, 15))
+    assert records["2024-01-15"]["drift psi_max"].value >= 0.25
+
+
+def test_drift_is_not_judged_on_a_handful_of_entities(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    ts = np.datetime64("2023-12-25T00:00:00", "us") + rng.integers(0, 12 * 86_400_000_000, 600).astype("timedelta64[us]")
+    pl.DataFrame({"customer_id": rng.integers(0, 30, 600).astype(str), "ts": ts, "amount": rng.uniform(0, 100, 600)}).write_parquet(
+        tmp_path / "events.parquet")
+    with dg.instance_for_test() as instance:
+        assert _run(_defs(tmp_path), instance, "2024-01-01", "2024-01-05").success
+        (only,) = _drift(instance)
+    assert only.passed and "fewer than 200 values" in only.description
 
 
 def test_version_history_is_on_the_newest_materialization(tmp_path: Path) -> None:
@@ -151,13 +173,3 @@ def test_version_history_is_on_the_newest_materialization(tmp_path: Path) -> Non
     assert [(r["version"], r["bump"]) for r in rows] == [("1.0.1", "patch"), ("1.0.0", "initial")]
     assert rows[0]["partitions"] == 3 and rows[0]["reason"]
 
-
-def test_drift_is_not_judged_on_a_handful_of_entities(tmp_path: Path) -> None:
-    rng = np.random.default_rng(4)
-    ts = np.datetime64("2023-12-25T00:00:00", "us") + rng.integers(0, 12 * 86_400_000_000, 600).astype("timedelta64[us]")
-    pl.DataFrame({"customer_id": rng.integers(0, 30, 600).astype(str), "ts": ts, "amount": rng.uniform(0, 100, 600)}).write_parquet(
-        tmp_path / "events.parquet")
-    with dg.instance_for_test() as instance:
-        assert _run(_defs(tmp_path), instance, "2024-01-01", "2024-01-05").success
-        drift = _checks(instance, "drift")
-    assert all(d.passed for d in drift.values()) and "fewer than 200 values" in drift["2024-01-03"].description
