@@ -26,6 +26,7 @@ from feature_pipelines.profiles import load_profile
 from feature_pipelines.registry import Registry, project_registry
 from feature_pipelines.spec.feature import Feature, FeatureService
 from feature_pipelines.spec.granularity import epoch_us
+from feature_pipelines.store.versioned import snapshot_name
 
 _TS = "__label_us"
 
@@ -53,6 +54,7 @@ class FeatureStore:
         self._online = None
         self._served: dict[str, tuple[float, int, list[str]]] = {}  # feature -> (checked at, major, stored columns)
         self._plans: dict[tuple, list[tuple[Feature, int, list[str], list[str]]]] = {}
+        self.last_snapshot: dict[str, str] = {}  # feature -> "VERSION+rN" the last training frame read
 
     @property
     def online(self):
@@ -184,6 +186,9 @@ class FeatureStore:
         feature's join keys, or the PII columns of an entity with `from_columns`.
         Only the requested columns are read, and only partitions that can match the label times.
 
+        Reproducibility: `store.last_snapshot` maps each feature to the exact snapshot read, `VERSION+rN` (the version as
+        commit N left it); pinning `"name@VERSION+rN"` reads exactly that again, whatever was appended since.
+
         Coverage: a label at time t needs the partition that closed last before t. When the version read
         has not materialized that partition (a new MINOR/MAJOR version starts empty), the row's values are
         null or older than they should be: a `CoverageWarning` says, per feature, how many label rows that
@@ -210,6 +215,7 @@ class FeatureStore:
         lo, hi = (valid_ts.min(), valid_ts.max()) if len(valid_ts) else (None, None)
 
         outputs: list[pl.Series] = []
+        snapshots: dict[str, str] = {}
         for request in requests:
             feature = request.feature
             work = _with_join_keys(work, feature, labels.columns)
@@ -226,6 +232,7 @@ class FeatureStore:
             if clash:
                 raise DataError(f"entity_df already has column(s) {clash}; rename them, they would collide with feature values")
             _check_coverage(feature, manifest, ts_sorted, strict)
+            snapshots[feature.name] = snapshot_name(manifest)
             keys = list(manifest["keys"])
             ttl_us = feature.ttl_us
             rows = self._rows_for(feature, manifest, keys, columns, lo, hi, ttl_us)
@@ -241,6 +248,7 @@ class FeatureStore:
                 check_sortedness=False,
             )
             outputs += [joined[c].gather(inverse).alias(name) for c, name in zip(columns, names)]
+        self.last_snapshot = snapshots
         return labels.hstack(outputs)
 
     def _rows_for(self, feature: Feature, manifest: dict, keys: list[str], columns: list[str], lo, hi, ttl_us) -> pl.DataFrame:

@@ -116,3 +116,28 @@ def test_build_says_a_new_version_starts_empty(tmp: Path, monkeypatch, capsys) -
     out = capsys.readouterr().out
     assert "spend 1.1.0 is a new version and starts empty: it holds 1 partition(s), 2024-01-04 … 2024-01-04" in out
     assert "backfill the rest with: feature-pipelines build --features spend" in out
+
+
+def test_a_training_frame_is_reproducible_from_its_snapshot(tmp: Path) -> None:
+    """Appending partitions keeps version 1.0.0 but makes a new commit: the snapshot pin reads the frame as it was."""
+    feature = _feature(tmp, ["sum"])
+    _build(tmp, feature, "2024-01-01", "2024-01-03")
+    store = FeatureStore(registry=Registry.of([feature]))
+    labels = _labels(3, 7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CoverageWarning)  # the 7th is not covered yet: that is the point
+        before = store.get_training_data(["spend"], labels)
+    snapshot = store.last_snapshot["spend"]
+    assert snapshot.startswith("1.0.0+r")
+    _build(tmp, feature, "2024-01-04", "2024-01-08")  # appended: still 1.0.0
+    after = store.get_training_data(["spend"], labels)
+    assert store.last_snapshot["spend"] != snapshot and store.last_snapshot["spend"].startswith("1.0.0+r")
+    assert not after.equals(before)  # the 7th now sees the row of the 6th
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CoverageWarning)
+        again = store.get_training_data([f"spend@{snapshot}"], labels)
+    assert again.equals(before) and store.last_snapshot["spend"] == snapshot
+    with pytest.raises(Exception, match=r"has no snapshot r99"):
+        store.get_training_data(["spend@1.0.0+r99"], labels)
+    with pytest.raises(Exception, match=r"is not VERSION\+rN"):
+        store.get_training_data(["spend@1.0.0+rx"], labels)

@@ -201,7 +201,11 @@ class VersionedStore:
         return None if found is None else found[0]
 
     def manifest(self, feature: str, version: str | None = None) -> dict:
-        """Manifest of `version` (default: the newest); a StoreError lists the versions that exist."""
+        """Manifest of `version` (default: the newest), or of a snapshot `version+rN` (the version as commit N left it);
+        a StoreError lists the versions that exist."""
+        if version and "+r" in version:
+            base, _, revision = version.partition("+r")
+            return snapshot(feature, self.manifest(feature, base), revision)
         latest = newest_or_raise(self, feature)
         if not wants_older(feature, version, latest):
             return latest
@@ -530,6 +534,11 @@ def next_manifest(feature: str, current: dict | None, version: str, bump: str, r
         "change": current["change"] if bump == "unchanged" else
         {"bump": bump, "reason": reason, "partitions": changed, "replaced_files": replaced},
     }
+    # Each entry records the commit (revision) that wrote it, and the manifest the revision its version began at:
+    # a version's files only ever grow (changed data is a new version), so "version+rN" is an exact, frozen snapshot.
+    new["created_revision"] = (new["revision"] if not current or version != current["version"]
+                               else current.get("created_revision", 0))
+    partitions = {p: ({**e, "revision": new["revision"]} if p in changed else e) for p, e in partitions.items()}
     new["partitions"] = dict(sorted(partitions.items()))
     new["row_count"] = sum(p["rows"] for p in new["partitions"].values())
     new["content_hash"] = _hash_json({k: v["content_hash"] for k, v in new["partitions"].items()})
@@ -546,6 +555,25 @@ def newest_or_raise(store, feature: str) -> dict:
             f"{', '.join(store.features()) or 'none'}"
         )
     return latest
+
+
+def snapshot(feature: str, manifest: dict, revision: str | int) -> dict:
+    """`manifest` as commit `revision` left it: the partitions committed at or before it, with that revision's totals."""
+    if not str(revision).isdigit():
+        raise StoreError(f"snapshot '{manifest['version']}+r{revision}' of feature {feature!r} is not VERSION+rN, e.g. '1.0.0+r7'")
+    revision = int(revision)
+    first, last = manifest.get("created_revision", 0), manifest.get("revision", 0)
+    if not first <= revision <= last:
+        raise StoreError(f"feature {feature!r} version {manifest['version']} has no snapshot r{revision}: it spans commits "
+                         f"r{first} … r{last}")
+    kept = {p: e for p, e in manifest["partitions"].items() if e.get("revision", 0) <= revision}
+    return {**manifest, "partitions": kept, "revision": revision, "row_count": sum(e["rows"] for e in kept.values()),
+            "content_hash": _hash_json({k: v["content_hash"] for k, v in kept.items()})}
+
+
+def snapshot_name(manifest: dict) -> str:
+    """`VERSION+rN`: the exact snapshot `manifest` describes, accepted back as a pin."""
+    return f"{manifest['version']}+r{manifest.get('revision', 0)}"
 
 
 def wants_older(feature: str, version: str | None, latest: dict) -> bool:
