@@ -27,7 +27,7 @@ from feature_pipelines.spec.validators import (
 )
 from feature_pipelines.registry import Registry, load_registry
 from feature_pipelines.store import LocalStore
-from feature_pipelines.retrieval import FeatureStore  # noqa: E402  (after the spec: it reads features)
+from feature_pipelines.retrieval import CoverageWarning, FeatureStore  # noqa: E402  (after the spec: it reads features)
 
 _DAGSTER = {
     "FeatureStoreComponent": "feature_pipelines.orchestration.component",
@@ -57,6 +57,7 @@ def __dir__() -> list[str]:
 __all__ = [
     *_DAGSTER,
     "AGGREGATIONS",
+    "CoverageWarning",
     "FEATURE_TIMESTAMP",
     "DataError",
     "DefinitionError",
