@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import time
 import warnings
@@ -100,6 +101,34 @@ def partition_range(feature, start: str | None, end: str | None) -> tuple[str, s
     return first, last
 
 
+# Which process runs a CLI build (runs execute in this process): a later CLI call can tell a run whose process died.
+_RUNNER = {"feature_pipelines/host": socket.gethostname(), "feature_pipelines/pid": str(os.getpid())}
+
+
+def _fail_orphaned_runs(instance) -> None:
+    """Mark failed the runs a `feature-pipelines build` on this host started and never finished because its process was
+    killed: no run monitor watches in-process runs, so they would show as running forever."""
+    import dagster as dg
+
+    started = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING],
+                                              tags={"feature_pipelines/host": _RUNNER["feature_pipelines/host"]}))
+    for run in started:
+        pid = int(run.tags.get("feature_pipelines/pid", "0") or 0)
+        if pid and pid != os.getpid() and not _alive(pid):
+            instance.report_run_failed(run, message=f"the feature-pipelines process (pid {pid}) running it ended without finishing "
+                                                    "it (killed?); marked failed by a later feature-pipelines command")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _cause(failure) -> str:
     """The innermost error of a failed step, without Dagster's wrapping ('Error occurred while executing op')."""
     if failure is None:
@@ -143,6 +172,7 @@ def build(registry: Registry, names: list[str] | None, tags: list[str] | None, s
     store = load_profile(profile).offline_store()
     summary = []
     with dg.DagsterInstance.get() as instance:
+        _fail_orphaned_runs(instance)
         ranges = {feature.name: partition_range(feature, start, end) for feature in chosen}  # every range checked before any run
         for feature in chosen:
             first, last = ranges[feature.name]
@@ -157,7 +187,7 @@ def build(registry: Registry, names: list[str] | None, tags: list[str] | None, s
                 continue
             result = defs.resolve_job_def(Names().job(feature.name)).execute_in_process(
                 instance=instance,
-                tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+                tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last, **_RUNNER},
                 # The CLI prints its own progress and errors; Dagster's per-event log (and traces) is in the UI, or with --verbose.
                 run_config={"loggers": {"console": {"config": {"log_level": "WARNING" if verbose else "CRITICAL"}}}},
                 raise_on_error=False,

@@ -143,3 +143,40 @@ def test_eight_builds_at_once_on_a_fresh_dagster_home(shop: Path) -> None:
     assert len(runs) == 8 and all(r.is_success for r in runs)
     manifest = json.loads((shop / "feature_store" / "shop_sales" / "_latest.json").read_text())
     assert sorted(manifest["partitions"]) == [f"2024-01-{d:02d}" for d in range(1, 9)]
+
+
+def test_a_killed_build_is_marked_failed_by_the_next_one(shop: Path) -> None:
+    """No run monitor watches a run executing inside the CLI process: the next CLI build marks it failed."""
+    import signal
+
+    from feature_pipelines_tests.servers import wait_for
+
+    _sales(shop / "data" / "sales.parquet")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURE_PIPELINES_")}
+    # A validator that sleeps keeps the run in STARTED long enough to kill it there.
+    (shop / next(p for p in os.listdir(shop) if p.startswith("shop_")) / "slow.py").write_text(
+        "import time\nimport polars as pl\nfrom feature_pipelines import Entity, Rolling, Source, feature\n\n"
+        "@feature(entities=[Entity('shop', join_key='shop_id')], source=Source('sales.parquet', timestamp='ts', base='data'),\n"
+        "         start='2024-01-01', end='2024-01-11', metrics=[Rolling(['2d'], {'amount': ['sum']})])\n"
+        "def slow_sales(events: pl.LazyFrame) -> pl.LazyFrame:\n"
+        "    time.sleep(120)\n    return events\n")
+    proc = subprocess.Popen([sys.executable, "-m", "feature_pipelines.cli", "build", "--features", "slow_sales", "--partition", "2024-01-02"],
+                            cwd=shop, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def started():
+        if not (shop / "dagster_home" / "history" / "runs.db").exists():
+            return None
+        with dg.DagsterInstance.from_config(str(shop / "dagster_home")) as instance:
+            runs = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+        return runs[0] if runs else None
+
+    run = wait_for(started, what="the build's run to start", timeout=120, alive=lambda: proc.poll() is None)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    done = _cli(shop, "build", "--features", "shop_sales", "--partition", "2024-01-02")
+    assert done.returncode == 0, done.stderr
+    with dg.DagsterInstance.from_config(str(shop / "dagster_home")) as instance:
+        after = instance.get_run_by_id(run.run_id)
+        messages = [e.message for e in instance.all_logs(run.run_id) if e.dagster_event and e.dagster_event.event_type_value == "PIPELINE_FAILURE"]
+    assert after.status == dg.DagsterRunStatus.FAILURE
+    assert any(f"pid {proc.pid}" in (m or "") for m in messages), messages
