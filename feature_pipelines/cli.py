@@ -32,6 +32,10 @@ _INSTANCE_YAML = """storage:
     config:
       base_dir:
         env: DAGSTER_HOME
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
 telemetry:
   enabled: false
 """

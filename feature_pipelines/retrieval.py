@@ -171,7 +171,18 @@ class FeatureStore:
                 raise DataError(f"entity rows already have column(s) {clash}; rename them, they would collide with feature values")
             # The store reads only the join keys and names the values `<feature>__<column>` itself.
             reads.append(OnlineRead(feature.name, major, work, columns, prefix=f"{feature.name}__"))
-        frames = self.online.read(reads)
+        try:
+            frames = self.online.read(reads)
+        except StoreError as err:
+            text = str(err)
+            if "never written" in text or "has no column(s)" in text:
+                names = ",".join(f.name for f, *_ in plan)
+                raise StoreError(
+                    f"{text}. The newest offline version has a MAJOR or columns that were never published: the online store "
+                    f"still holds what the previous publish wrote. Publish the new version (`feature-pipelines publish "
+                    f"--features {names}`; the publish sensor does it after each materialization), or until then request only "
+                    "the columns published before (`name:column`)") from None
+            raise
         # Columns straight from the decoded frames (feature_timestamp is last): no select, no rename,
         # which would cost more than the lookup itself at batch size 1.
         return rows.hstack([s for frame in frames for s in frame.get_columns()[:-1]])

@@ -360,3 +360,25 @@ def test_postgres_and_dynamodb_profiles_publish_and_serve(kind: str, user_projec
     if kind == "postgres":
         shown = resource_from_settings({"kind": "postgres", "conninfo": "postgresql://app:pw-in-url@127.0.0.1:1/db"}, "online_store", "p").masked()
         assert shown["conninfo"] == "postgresql://app:****@127.0.0.1:1/db"
+
+
+def test_profile_command_masks_credentials_in_urls_and_only_those(user_project, monkeypatch, capsys) -> None:
+    """`feature-pipelines profile` and repr(): a password inside a URL (redis://, rediss://) or in REDIS_PASSWORD
+    never shows; key_prefix, which is not a secret, does."""
+    from feature_pipelines.profiles import load_profile
+
+    root, _ = user_project
+    (root / "env").mkdir()
+    (root / "env" / "a.yaml").write_text("online_store:\n  kind: redis\n  url: ${REDIS_URL}\n  password: ${REDIS_PASSWORD:-}\n  key_prefix: team_a\n")
+    (root / "env" / "b.yaml").write_text("online_store:\n  kind: redis\n  url: rediss://:literal-pw-123@cache.internal:6380/0\n")
+    monkeypatch.setenv("REDIS_URL", "redis://:url-pw-456@cache.internal:6379/0")
+    monkeypatch.setenv("REDIS_PASSWORD", "env-pw-789")
+    for name in ("a", "b"):
+        assert main(["profile", "--profile", name]) == 0
+        shown = capsys.readouterr().out + repr(load_profile(name)) + str(load_profile(name).masked())
+        assert not any(secret in shown for secret in ("literal-pw-123", "url-pw-456", "env-pw-789")), shown
+    assert main(["profile", "--profile", "a"]) == 0
+    settings = json.loads(capsys.readouterr().out)["settings"]["online_store"]
+    assert settings == {**settings, "url": "${REDIS_URL}", "password": "${REDIS_PASSWORD}", "key_prefix": "team_a"}
+    assert main(["profile", "--profile", "b"]) == 0
+    assert json.loads(capsys.readouterr().out)["settings"]["online_store"]["url"] == "rediss://:****@cache.internal:6380/0"

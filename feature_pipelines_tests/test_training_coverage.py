@@ -141,3 +141,23 @@ def test_a_training_frame_is_reproducible_from_its_snapshot(tmp: Path) -> None:
         store.get_training_data(["spend@1.0.0+r99"], labels)
     with pytest.raises(Exception, match=r"is not VERSION\+rN"):
         store.get_training_data(["spend@1.0.0+rx"], labels)
+
+
+def test_online_reads_after_a_new_version_explain_what_to_publish(tmp: Path) -> None:
+    from feature_pipelines import StoreError
+    from feature_pipelines.orchestration.publish import publish_partitions
+    from feature_pipelines.profiles import load_profile
+
+    old = dataclasses.replace(_feature(tmp, ["sum"]), online=True)
+    _build(tmp, old, "2024-01-01", "2024-01-05")
+    profile = load_profile()
+    publish_partitions(old, None, None, profile.offline_store(), profile.online)
+    new = dataclasses.replace(_feature(tmp, ["sum", "max"]), online=True)  # MINOR 1.1.0: a column added
+    _build(tmp, new, "2024-01-05", "2024-01-05")
+    store = FeatureStore(registry=Registry.of([new]))
+    try:
+        assert store.get_online_features(["spend:amount_sum_7d"], [{"customer_id": "1"}])["spend__amount_sum_7d"][0] is not None
+        with pytest.raises(StoreError, match=r"has no column\(s\) \['amount_max_7d'\].*feature-pipelines publish --features spend"):
+            store.get_online_features(["spend"], [{"customer_id": "1"}])
+    finally:
+        store.close()
