@@ -179,6 +179,36 @@ def test_http_endpoint_of_feature_pipelines_serve(project: Path) -> None:
         server.wait(timeout=30)
 
 
+def test_make_server_serves_a_feature_store_in_this_process(published) -> None:
+    """The embedded form: a FeatureStore you hold, served by uvicorn in a thread of this process; the store stays yours."""
+    import threading
+
+    from feature_pipelines.serving import make_server
+
+    registry, frames = published
+    store = FeatureStore(registry=registry)
+    server = make_server(store, "127.0.0.1", 0, max_batch=10)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        status, health = wait_for(lambda: _request(port, "GET", "/health"), what="embedded server answering", timeout=60)
+        assert status == 200 and health["online_store"].startswith("sqlite:")
+        status, answer = _request(port, "POST", "/online-features", json.dumps({"features": ["spend"], "entities": [{"customer_id": "a"}]}).encode())
+        assert status == 200 and answer["rows"] == [{"customer_id": "a", "spend__amount_sum_1d": frames[1]["amount_sum_1d"][0],
+                                                     "spend__amount_count_1d": frames[1]["amount_count_1d"][0]}]
+        status, err = _request(port, "POST", "/online-features", json.dumps({"features": ["spend"], "entities": [{"customer_id": None}]}).encode())
+        assert status == 400 and "null" in err["error"]
+        assert _request(port, "GET", "/ready")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert store.get_online_features(["spend"], [{"customer_id": "b"}]).height == 1  # not closed by the server
+    store.close()
+
+
 def test_staging_profile_runs_on_s3_and_redis(project: Path, monkeypatch) -> None:
     """Switching the profile is all it takes: the shipped env/staging.yaml with a real S3 server (moto) and a
     real redis-server started here: build to S3 through Dagster, publish to Redis, serve, secrets masked."""
