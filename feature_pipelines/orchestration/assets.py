@@ -229,13 +229,12 @@ def build_feature_asset(feature: Feature, engine: Engine | None = None, names: N
         frames = engine.compute(feature, partition_keys)
         selected = {c.name for c in context.selected_asset_check_keys}
         outcomes = [o for o in run_checks(feature, frames) if o.check_name in selected]  # the drift check is not a validator
-        for outcome in outcomes:
-            context.log_event(dg.AssetCheckEvaluation(
-                asset_key=key, check_name=outcome.check_name, passed=outcome.passed, metadata=outcome.metadata,
-                target_materialization_data=None, severity=dg.AssetCheckSeverity.ERROR, description=outcome.description,
-                blocking=True, partition=outcome.partition))
         failed = [o for o in outcomes if not o.passed]
         if failed:
+            # Nothing is written: each evaluation is about the partition's current materialization (if any).
+            targets = _targets(context, key, partition_keys)
+            for outcome in outcomes:
+                context.log_event(_check_evaluation(key, outcome, targets.get(outcome.partition)))
             shown = failed[:5]
             raise dg.Failure(
                 description=f"{feature.name}: blocking check(s) failed on {len({o.partition for o in failed})} partition(s), "
@@ -246,20 +245,46 @@ def build_feature_asset(feature: Feature, engine: Engine | None = None, names: N
         psi: dict[str, float] = {}
         if DRIFT_CHECK in selected:
             store = getattr(context.resources, names.offline_store).store()
-            outcomes = drift(frames, feature.join_keys, _history(store, feature, partition_keys[0]))
-            psi = {o.partition: o.worst[1] for o in outcomes if o.worst is not None}
-            context.log_event(_drift_evaluation(key, outcomes))
+            drifts = drift(frames, feature.join_keys, _history(store, feature, partition_keys[0]))
+            psi = {d.partition: d.worst[1] for d in drifts if d.worst is not None}
+            context.log_event(_drift_evaluation(key, drifts))
         if key in context.selected_asset_keys:
             for partition, stats in partition_statistics(frames, feature.join_keys).items():
                 if partition in psi:
                     stats["drift psi_max"] = psi[partition]
                 context.add_asset_metadata(stats, asset_key=key, partition_key=partition)
             yield dg.Output(frames, output_name=key.to_python_identifier(), metadata={"source_fingerprint": fingerprint or "unknown"})
+        # After the output is stored, so each evaluation targets the materialization it vouches for: Dagster shows a
+        # partition's check result only while it targets that partition's newest materialization (else: "missing").
+        targets = _targets(context, key, partition_keys)
+        for outcome in outcomes:
+            context.log_event(_check_evaluation(key, outcome, targets.get(outcome.partition)))
 
     return _asset
 
 
 DRIFT_CHECK = "drift"
+
+
+def _targets(context, key: dg.AssetKey, partitions: list[str]) -> dict:
+    """The newest materialization of each partition (what a check evaluated now is about)."""
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluationTargetMaterializationData
+
+    ids = context.instance.event_log_storage.get_latest_storage_id_by_partition(
+        key, dg.DagsterEventType.ASSET_MATERIALIZATION, set(partitions))
+    if not ids:
+        return {}
+    records = context.instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, storage_ids=list(ids.values())),
+                                                      limit=len(ids)).records
+    return {r.partition_key: AssetCheckEvaluationTargetMaterializationData(storage_id=r.storage_id, run_id=r.run_id, timestamp=r.timestamp)
+            for r in records}
+
+
+def _check_evaluation(key: dg.AssetKey, outcome: CheckOutcome, target) -> dg.AssetCheckEvaluation:
+    return dg.AssetCheckEvaluation(
+        asset_key=key, check_name=outcome.check_name, passed=outcome.passed, metadata=outcome.metadata,
+        target_materialization_data=target, severity=dg.AssetCheckSeverity.ERROR, description=outcome.description,
+        blocking=True, partition=outcome.partition)
 
 
 def _history(store, feature: Feature, first: str) -> list[pl.DataFrame]:
