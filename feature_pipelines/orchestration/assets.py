@@ -256,7 +256,7 @@ def build_feature_asset(feature: Feature, engine: Engine | None = None, names: N
             yield dg.Output(frames, output_name=key.to_python_identifier(), metadata={"source_fingerprint": fingerprint or "unknown"})
         # After the output is stored, so each evaluation targets the materialization it vouches for: Dagster shows a
         # partition's check result only while it targets that partition's newest materialization (else: "missing").
-        targets = _targets(context, key, partition_keys)
+        targets = _targets(context, key, partition_keys) if outcomes else {}
         for outcome in outcomes:
             context.log_event(_check_evaluation(key, outcome, targets.get(outcome.partition)))
 
