@@ -56,7 +56,8 @@ def _ensure_dagster_home() -> Path:
     home = Path(os.environ.get("DAGSTER_HOME") or root / ".dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
-    if (home / "dagster.yaml").exists() and (home / "history" / "runs.db").exists():
+    ready = home / ".feature_pipelines.initialized"  # written once the storage exists, under the lock
+    if ready.exists():
         return home  # initialized already: nothing to race for
     with open(home / ".feature_pipelines.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -67,6 +68,7 @@ def _ensure_dagster_home() -> Path:
             os.replace(tmp, config)
         with dg.DagsterInstance.get() as instance:
             instance.get_runs(limit=1)  # creates (or migrates) the run, event and schedule storage once
+        ready.touch()
     return home
 
 

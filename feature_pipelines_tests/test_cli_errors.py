@@ -164,7 +164,8 @@ def test_a_killed_build_is_marked_failed_by_the_next_one(shop: Path) -> None:
                             cwd=shop, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def started():
-        if not (shop / "dagster_home" / "history" / "runs.db").exists():
+        # Only once the CLI has created the instance's storage (opening it meanwhile would race its migrations).
+        if not (shop / "dagster_home" / ".feature_pipelines.initialized").exists():
             return None
         with dg.DagsterInstance.from_config(str(shop / "dagster_home")) as instance:
             runs = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
