@@ -6,6 +6,8 @@ build_next_day  — compute one more day after 30 days and after 3 years of hist
 s3_build_year   — write + read back the year of customer_spend on S3 (moto on loopback) vs the local store.
 build_year_e2e  — in benchmarks/e2e.py: the whole `feature-pipelines build` process for the year vs engine + plain writes; dg launch beside.
 online_*        — in benchmarks/online.py (publish, in-process reads, HTTP against a redis-server it starts).
+online_http_load — in benchmarks/http_load.py: `serve` under 1/8/32/128 keep-alive connections and connection churn
+                  (one JSON line per level: online_http_load_c1 ... _churn).
 training_*      — get_training_data for 100k / 1M labels on 10,000 customers x 365 days x 5 floats (1 or 5 features);
                   floor: a bare polars join_asof on the same tables already in memory.
 """
@@ -289,14 +291,23 @@ def _online_workloads() -> dict:
     return online.WORKLOADS
 
 
+def _http_workloads() -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import http_load  # noqa: PLC0415 - benchmarks/http_load.py: online_http_load (one JSON line per load level)
+
+    return http_load.WORKLOADS
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", default="", help="workload name prefix")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        for name, fn in {**WORKLOADS, **_online_workloads()}.items():
+        for name, fn in {**WORKLOADS, **_online_workloads(), **_http_workloads()}.items():
             if name.startswith(args.only):
-                print(json.dumps(fn(Path(tmp))), flush=True)
+                result = fn(Path(tmp))
+                for line in result if isinstance(result, list) else [result]:  # a workload may report several levels
+                    print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":
