@@ -5,6 +5,7 @@ build_year      — compute (median of 3 fresh processes) a year of daily `custo
 build_next_day  — compute one more day after 30 days and after 3 years of history; ratio = 3y / 30d.
 s3_build_year   — write + read back the year of customer_spend on S3 (moto on loopback) vs the local store.
 build_year_e2e  — in benchmarks/e2e.py: the whole `feature-pipelines build` process for the year vs engine + plain writes; dg launch beside.
+build_scale, build_spark_year — in benchmarks/scale.py: 30M events with the sharded engine; the 1M-event year on Spark.
 online_*        — in benchmarks/online.py (publish, in-process reads, HTTP against a redis-server it starts).
 online_http_load — in benchmarks/http_load.py: `serve` under 1/8/32/128 keep-alive connections and connection churn
                   (one JSON line per level: online_http_load_c1 ... _churn).
@@ -282,6 +283,19 @@ def build_year_e2e(tmp: Path) -> dict:
 
 
 WORKLOADS["build_year_e2e"] = build_year_e2e
+
+
+def _scale(name: str):
+    def run(tmp: Path) -> dict:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import scale  # noqa: PLC0415 - benchmarks/scale.py: 30M events sharded, the year on Spark (minutes; fresh processes)
+
+        return scale.WORKLOADS[name](tmp)
+
+    return run
+
+
+WORKLOADS.update({name: _scale(name) for name in ("build_scale", "build_spark_year")})
 
 
 def _online_workloads() -> dict:

@@ -1,4 +1,4 @@
-"""PolarsEngine checked against a brute-force oracle.
+"""Every engine (polars, sharded with 1 and 7 buckets, Spark) checked against a brute-force oracle.
 
 The oracle is deliberately naive: it keeps the generated events as a list of Python dicts (event
 time as an aware UTC `datetime`) and, for every partition interval [b_i, b_{i+1}) stamped
@@ -27,12 +27,18 @@ two entities, surrogate keys from PII, composite with a surrogate part), 0-60 ev
 cluster on partition boundaries, on `boundary - window`, one microsecond either side, in bursts of
 identical timestamps and far outside the read range, with null and NaN values. Rolling cases run once
 forcing the engine's "dense" algorithm and once forcing its "time-based" one; a spy on the engine
-module checks which algorithm actually ran.
+module checks which algorithm actually ran (in-process engines only).
+
+The randomized tests run on `PolarsEngine` and on `ShardedEngine` with 1 and 7 buckets (in this process,
+so the spy sees the kernel). Spark runs the same oracle on fewer random examples (one local[2]
+session for the module), plus fixed cases that cover on Spark every aggregation, every granularity,
+aligned and unaligned windows, composite and PII keys, Latest and plain rows.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import statistics
 import tempfile
 from dataclasses import dataclass, field
@@ -47,7 +53,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from feature_pipelines.engine import PolarsEngine, polars_engine
+from feature_pipelines.engine import PolarsEngine, ShardedEngine, polars_engine
 from feature_pipelines.errors import DataError, DefinitionError
 from feature_pipelines.keys import surrogate_key
 from feature_pipelines.spec.entity import Entity
@@ -395,11 +401,24 @@ def build_feature(case: Case, path: Path) -> Feature:
     )
 
 
-def run_engine(case: Case) -> dict[str, pl.DataFrame]:
+def run_engine(case: Case, engine=None) -> dict[str, pl.DataFrame]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "events.parquet"
         write_source(case, path)
-        return PolarsEngine().compute(build_feature(case, path), case.keys)
+        return (engine or PolarsEngine()).compute(build_feature(case, path), case.keys)
+
+
+# In-process engines for the randomized tests: the polars kernel, and the sharded plan around it.
+ENGINES = {
+    "polars": PolarsEngine,
+    "sharded1": lambda: ShardedEngine(buckets=1, workers=1),
+    "sharded7": lambda: ShardedEngine(buckets=7, workers=1),
+}
+
+
+@pytest.fixture(params=sorted(ENGINES))
+def engine(request):
+    return ENGINES[request.param]()
 
 
 # --------------------------------------------------------------------------------------------
@@ -504,13 +523,13 @@ def assert_matches_oracle(case: Case, result: dict[str, pl.DataFrame]) -> None:
 @pytest.mark.parametrize("path", ["dense", "time"])
 @SETTINGS
 @given(data=st.data())
-def test_rolling_matches_oracle(path, data):
+def test_rolling_matches_oracle(path, engine, data):
     case = data.draw(cases("rolling", path), label="case")
     with (
         mock.patch.object(polars_engine, "_rolling_dense", wraps=polars_engine._rolling_dense) as dense,
         mock.patch.object(polars_engine, "_rolling_by_time", wraps=polars_engine._rolling_by_time) as by_time,
     ):
-        result = run_engine(case)
+        result = run_engine(case, engine)
     # The algorithm that ran is the one the case was built for (none runs when no event is read).
     assert not (dense.called and by_time.called)
     if path == "dense":
@@ -522,14 +541,14 @@ def test_rolling_matches_oracle(path, data):
 
 @SETTINGS
 @given(case=cases("latest"))
-def test_latest_matches_oracle(case):
-    assert_matches_oracle(case, run_engine(case))
+def test_latest_matches_oracle(engine, case):
+    assert_matches_oracle(case, run_engine(case, engine))
 
 
 @SETTINGS
 @given(case=cases("rows"))
-def test_rows_matches_oracle(case):
-    assert_matches_oracle(case, run_engine(case))
+def test_rows_matches_oracle(engine, case):
+    assert_matches_oracle(case, run_engine(case, engine))
 
 
 @st.composite
@@ -553,11 +572,11 @@ def variance_cases(draw, path: str) -> Case:
 @pytest.mark.parametrize("path", ["dense", "time"])
 @SETTINGS
 @given(data=st.data())
-def test_rolling_variance_matches_oracle(path, data):
+def test_rolling_variance_matches_oracle(path, engine, data):
     """Numerical accuracy: the std of a window of equal values is ~0 however spread the entity's history."""
     case = data.draw(variance_cases(path), label="case")
     assert case.dense == (path == "dense")
-    assert_matches_oracle(case, run_engine(case))
+    assert_matches_oracle(case, run_engine(case, engine))
 
 
 @settings(SETTINGS, max_examples=30)
@@ -579,6 +598,92 @@ def test_range_in_one_call_equals_partitions_one_by_one(data):
                 assert_frame_equal(together[key], alone[key], rel_tol=REL_TOL, abs_tol=ABS_TOL)
             else:  # bit-identical, or re-materializing one partition would report a spurious PATCH
                 assert_frame_equal(together[key], alone[key], check_exact=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Spark: the same oracle on one local[2] session for the module
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def spark_engine(tmp_path_factory):
+    pytest.importorskip("pyspark")
+    from feature_pipelines.engine.spark import SparkEngine, local_session
+
+    root = tmp_path_factory.mktemp("spark")
+    session = local_session(root / "session")
+    try:
+        yield SparkEngine(session, buckets=3, tmp_dir=str(root))
+    finally:
+        session.stop()
+
+
+@pytest.mark.parametrize("kind,path", [("rolling", "dense"), ("rolling", "time"), ("latest", None), ("rows", None)])
+@settings(SETTINGS, max_examples=4)
+@given(data=st.data())
+def test_spark_matches_oracle(spark_engine, kind, path, data):
+    case = data.draw(cases(kind, path), label="case")
+    assert_matches_oracle(case, run_engine(case, spark_engine))
+
+
+_PEOPLE = [("Ann", "Lee", date(1980, 1, 31)), ("ann", None, None), ("A|nn", "Li|u", date(2000, 2, 29)), (None, "", date(1980, 1, 31))]
+IDENTITIES = {
+    "customer": [{"customer_id": c} for c in ["c0", "é2", "a b", "c10"]],
+    "account": [{"account_id": a} for a in [-5, 0, 7, 10**12]],
+    "composite": [{"customer_id": c, "merchant_id": m} for c in ["c0", "é2", "a b"] for m in [-2, 3]],
+    "surrogate": [dict(zip(PII, p)) for p in _PEOPLE],
+    "surrogate_composite": [{**dict(zip(PII, p)), "merchant_id": m} for p in _PEOPLE for m in [-2, 3]],
+}
+_ALL_BUT_MEDIAN = [a for a in AGGS if a != "median"]
+# Fixed cases that together cover, on Spark, every aggregation, granularity, aligned (dense) and unaligned
+# (time-based) windows, composite and PII keys: (kind, granularity, layout, windows, aggregations).
+COVERAGE = [
+    ("rolling", "hourly", "surrogate_composite", ["1h", "3h", "1d"], {"amount": _ALL_BUT_MEDIAN, "qty": ["count", "sum"]}),
+    ("rolling", "hourly", "composite", ["90m", "30s", "2h"], {"amount": AGGS}),
+    ("rolling", "daily", "surrogate", ["1d", "7d", "2w"], {"amount": _ALL_BUT_MEDIAN}),
+    ("rolling", "daily", "surrogate_composite", ["36h", "12h", "1d"], {"amount": AGGS, "qty": ["median", "max"]}),
+    ("rolling", "weekly", "account", ["7d", "2w"], {"amount": _ALL_BUT_MEDIAN}),
+    ("rolling", "weekly", "surrogate", ["10d", "1d"], {"amount": AGGS}),
+    ("rolling", "monthly", "surrogate_composite", ["7d", "30d", "45d"], {"amount": AGGS}),
+    ("latest", "daily", "surrogate_composite", [], {}),
+    ("rows", "hourly", "composite", [], {}),
+]
+
+
+def coverage_case(n: int, kind: str, gran: str, layout: str, windows: list[str], aggs: dict) -> Case:
+    """Events with ties, nulls and NaNs around every boundary and window edge of five partitions."""
+    rng = random.Random(n)
+    first = interval_start(BASE_DAYS[n % len(BASE_DAYS)] + timedelta(hours=rng.randrange(24)), gran)
+    bounds = [first]
+    for _ in range(5):
+        bounds.append(next_start(bounds[-1], gran))
+    case = Case(kind, layout, gran, bounds, prev_start(first, gran), rolling=[(windows, aggs)] if windows else [],
+                latest=["amount", "qty", "status"] if kind == "latest" else [], tz=TIME_ZONES[n % len(TIME_ZONES)],
+                time_unit=["us", "ns"][n % 2])
+    span = bounds[1] - bounds[0]
+    anchors = sorted(set(bounds) | {b - window_td(w) for b in bounds for w in windows})
+    times = [rng.choice(anchors) + rng.choice([timedelta(0), US, -US, rng.randrange(-10**6, 10**6) * span / 10**6]) for _ in range(25)]
+    for _ in range(120):
+        amount = rng.choice([None, math.nan, round(rng.uniform(-1e3, 1e3), 2), 853.54])
+        case.events.append({**rng.choice(IDENTITIES[layout]), "amount": amount, "qty": rng.choice([None, rng.randrange(-50, 50)]),
+                            "status": rng.choice([None, "ok", ""]), "_t": rng.choice(times)})
+    return case
+
+
+@pytest.mark.parametrize("n", range(len(COVERAGE)), ids=[f"{c[0]}-{c[1]}-{c[2]}-{'+'.join(c[3]) or 'none'}" for c in COVERAGE])
+def test_spark_covers_every_aggregation_granularity_window_and_key_layout(spark_engine, n):
+    case = coverage_case(n, *COVERAGE[n])
+    if case.kind == "rolling":
+        assert case.dense == all(a != "median" for aggs in COVERAGE[n][4].values() for a in aggs) and case.dense == (n in (0, 2, 4))
+    assert_matches_oracle(case, run_engine(case, spark_engine))
+
+
+def test_coverage_cases_cover_what_they_claim():
+    rolling = [c for c in COVERAGE if c[0] == "rolling"]
+    assert {a for c in rolling for aggs in c[4].values() for a in aggs} == set(AGGS)
+    assert {c[1] for c in rolling} == {"hourly", "daily", "weekly", "monthly"}
+    assert {c[2] for c in COVERAGE} >= {"surrogate", "surrogate_composite", "composite"}
+    assert {coverage_case(n, *c).dense for n, c in enumerate(COVERAGE) if c[0] == "rolling"} == {True, False}
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,9 @@ a partition would report a spurious PATCH).
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -30,52 +32,92 @@ from feature_pipelines.spec.feature import FEATURE_TIMESTAMP, Feature
 from feature_pipelines.spec.granularity import epoch_us
 
 
+@dataclass(frozen=True)
+class RangePlan:
+    """A validated range of consecutive partitions: their keys, interval boundaries and what to read."""
+
+    keys: list[str]  # partition keys in time order
+    b_us: np.ndarray  # boundaries b_0 .. b_n in µs since the epoch
+    lo: datetime  # read events with time in [lo, hi)
+    hi: datetime
+    columns: list[str] | None  # source columns the kernel needs besides keys and time (None: all)
+
+
+def plan_range(feature: Feature, partition_keys: list[str]) -> RangePlan | None:
+    """Check that `partition_keys` are one consecutive range inside the feature; None when empty."""
+    if not partition_keys:
+        return None
+    grain = feature.grain
+    starts = [grain.parse_key(k) for k in partition_keys]
+    for key, start in zip(partition_keys, starts):
+        if start < feature.start or (feature.end is not None and start >= feature.end):
+            raise DefinitionError(
+                f"partition {key!r} is outside feature {feature.name!r}, which starts at "
+                f"{grain.key(feature.start)}" + (f" and ends before {grain.key(feature.end)}" if feature.end else "")
+            )
+    bounds = grain.boundaries(min(starts), max(starts))
+    if len(bounds) - 1 != len(set(starts)):
+        raise DefinitionError(f"feature {feature.name!r}: partitions {partition_keys} are not one consecutive range")
+    b_us = np.array([epoch_us(b) for b in bounds], dtype=np.int64)
+    keys = [grain.key(b) for b in bounds[:-1]]
+    if feature.kind == "rolling":
+        cols = list(dict.fromkeys(c for m in feature.rolling for c in m.aggregations))
+        return RangePlan(keys, b_us, bounds[0] - timedelta(microseconds=feature.lookback_us), bounds[-1], cols)
+    if feature.kind == "latest":
+        return RangePlan(keys, b_us, bounds[0], bounds[-1], [c for m in feature.latest for c in m.columns])
+    return RangePlan(keys, b_us, bounds[0], bounds[-1], None)
+
+
+def compute_frame(feature: Feature, events: pl.DataFrame, b_us: np.ndarray, *, keep_eid: bool = False) -> pl.DataFrame:
+    """The kernel: output rows of every partition from events read by `read_events`, with partition index `__part`.
+
+    Rows are ordered by partition, then by join keys (then time for features without metrics). The
+    value of a row depends only on its own entity's events (in source order), so any split of the
+    entities into buckets gives the same rows. `keep_eid` keeps `__eid` on rolling rows: the rank of the
+    row's join keys among the distinct keys of `events` (the sharded engines merge buckets by it).
+    """
+    if feature.kind == "rolling":
+        cols = list(dict.fromkeys(c for m in feature.rolling for c in m.aggregations))
+        frame = _rolling(feature, check_numeric(feature, events, cols), b_us, keep_eid)
+    elif feature.kind == "latest":
+        frame = _latest(feature, events, b_us)
+    else:
+        frame = _rows(feature, events, b_us)
+    # A stable sort on the partition index keeps each slice ordered by entity then time
+    # (the dense algorithm already returns partition-major rows).
+    if not frame["__part"].is_sorted():
+        frame = frame.sort("__part", maintain_order=True)
+    return frame
+
+
+def split_partitions(frame: pl.DataFrame, keys: list[str]) -> Iterator[tuple[str, pl.DataFrame]]:
+    """(key, rows of that partition) in partition order, from a frame sorted by `__part` (zero-copy slices)."""
+    counts = np.bincount(frame["__part"].to_numpy(), minlength=len(keys))
+    frame = frame.drop("__part")
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    for i, k in enumerate(keys):
+        yield k, frame.slice(int(offsets[i]), int(counts[i]))
+
+
 class PolarsEngine:
-    """Computes partitions of a feature with polars (and numpy for the dense kernels)."""
+    """Computes partitions of a feature with polars (and numpy for the dense kernels), all in memory."""
 
     name = "polars"
 
     def compute(self, feature: Feature, partition_keys: list[str]) -> dict[str, pl.DataFrame]:
         """Frames for consecutive `partition_keys` of `feature`, keyed by partition, each sorted by keys then time."""
-        if not partition_keys:
-            return {}
-        grain = feature.grain
-        starts = [grain.parse_key(k) for k in partition_keys]
-        for key, start in zip(partition_keys, starts):
-            if start < feature.start or (feature.end is not None and start >= feature.end):
-                raise DefinitionError(
-                    f"partition {key!r} is outside feature {feature.name!r}, which starts at "
-                    f"{grain.key(feature.start)}" + (f" and ends before {grain.key(feature.end)}" if feature.end else "")
-                )
-        bounds = grain.boundaries(min(starts), max(starts))
-        if len(bounds) - 1 != len(set(starts)):
-            raise DefinitionError(f"feature {feature.name!r}: partitions {partition_keys} are not one consecutive range")
-        b_us = np.array([epoch_us(b) for b in bounds], dtype=np.int64)
-        lookback = timedelta(microseconds=feature.lookback_us)
-        if feature.kind == "rolling":
-            value_cols = list(dict.fromkeys(c for m in feature.rolling for c in m.aggregations))
-            events = read_events(feature, bounds[0] - lookback, bounds[-1], value_cols)
-            events = _check_numeric(feature, events, value_cols)
-            frame = _rolling(feature, events, b_us)
-        elif feature.kind == "latest":
-            cols = [c for m in feature.latest for c in m.columns]
-            events = read_events(feature, bounds[0], bounds[-1], cols)
-            frame = _latest(feature, events, b_us)
-        else:
-            events = read_events(feature, bounds[0], bounds[-1], None)
-            frame = _rows(feature, events, b_us)
-        keys = [grain.key(b) for b in bounds[:-1]]
-        # A stable sort on the partition index keeps each slice ordered by entity then time
-        # (the dense algorithm already returns partition-major rows).
-        if not frame["__part"].is_sorted():
-            frame = frame.sort("__part", maintain_order=True)
-        counts = np.bincount(frame["__part"].to_numpy(), minlength=len(keys))
-        frame = frame.drop("__part")
-        offsets = np.concatenate([[0], np.cumsum(counts)])
-        return {k: frame.slice(int(offsets[i]), int(counts[i])) for i, k in enumerate(keys)}
+        return dict(self.compute_iter(feature, partition_keys))
+
+    def compute_iter(self, feature: Feature, partition_keys: list[str]) -> Iterator[tuple[str, pl.DataFrame]]:
+        """(partition key, frame) in partition order; here the whole range is computed before the first one."""
+        plan = plan_range(feature, partition_keys)
+        if plan is None:
+            return
+        events = read_events(feature, plan.lo, plan.hi, plan.columns)
+        yield from split_partitions(compute_frame(feature, events, plan.b_us), plan.keys)
 
 
-def _check_numeric(feature: Feature, events: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
+def check_numeric(feature: Feature, events: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
     """Count-only columns may have any dtype (they become 1.0/null markers); others must be numeric.
 
     NaN is missing data, like null: a NaN in a float column is never counted or aggregated.
@@ -100,7 +142,7 @@ def _entity_ids(frame: pl.DataFrame, keys: list[str]) -> tuple[pl.DataFrame, pl.
     return frame.join(entities, on=keys, how="left"), entities
 
 
-def _rolling(feature: Feature, events: pl.DataFrame, b_us: np.ndarray) -> pl.DataFrame:
+def _rolling(feature: Feature, events: pl.DataFrame, b_us: np.ndarray, keep_eid: bool = False) -> pl.DataFrame:
     keys = feature.join_keys
     outputs = [o for m in feature.rolling for o in m.outputs()]
     grain_us = feature.grain.fixed_us
@@ -115,6 +157,8 @@ def _rolling(feature: Feature, events: pl.DataFrame, b_us: np.ndarray) -> pl.Dat
     schema = {**{k: entities.schema[k] for k in keys}, FEATURE_TIMESTAMP: pl.Datetime("us", "UTC")}
     schema.update({out: pl.Int64 if agg == "count" else pl.Float64 for _, agg, _, out in outputs})
     schema["__part"] = pl.Int64
+    if keep_eid:
+        schema["__eid"] = pl.Int64
     if events.height == 0:
         return pl.DataFrame(schema=schema)
     if dense:
